@@ -1,0 +1,43 @@
+"""Latency measured on real inference engines, behind one small contract."""
+
+from __future__ import annotations
+
+from evaluators.latency.base import (
+    AVAILABILITY,
+    BACKENDS,
+    PRECISIONS,
+    BackendUnavailable,
+    LatencyBackend,
+    LatencyStats,
+    register_backend,
+)
+from evaluators.latency import onnxruntime_backend  # noqa: F401  (registers `onnxruntime`)
+
+AUTO_ORDER = ("tensorrt", "onnxruntime")
+
+
+def resolve_backend_name(name: str) -> str:
+    """Map `auto` to the first backend that can run here (TensorRT on a GPU, else ONNX Runtime)."""
+    if name != "auto":
+        return name
+    for candidate in AUTO_ORDER:
+        if candidate in BACKENDS and AVAILABILITY[candidate]() is None:
+            return candidate
+    raise BackendUnavailable("no latency backend can run here: pip install onnxruntime")
+
+
+def get_backend(name: str, **options: object) -> LatencyBackend:
+    """Construct a backend by name (`auto` resolved); raises BackendUnavailable saying what is missing."""
+    resolved = resolve_backend_name(name)
+    if resolved not in BACKENDS:
+        raise BackendUnavailable(f"unknown latency backend {name!r}; known: auto, {', '.join(sorted(BACKENDS))}")
+    why = AVAILABILITY[resolved]()
+    if why:
+        raise BackendUnavailable(why)
+    return BACKENDS[resolved](**options)
+
+
+__all__ = [
+    "AVAILABILITY", "BACKENDS", "PRECISIONS", "BackendUnavailable", "LatencyBackend", "LatencyStats",
+    "get_backend", "register_backend", "resolve_backend_name",
+]

@@ -1,0 +1,1 @@
+"""The driver: config, Optuna study, objective, Pareto front, reports and the CLI."""

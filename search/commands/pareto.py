@@ -1,0 +1,39 @@
+"""`slimsearch pareto`: the front of a run, and its csv / png / html reports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.commands.common import console
+from search.pareto import default_reference, front, hypervolume, trials_frame, write_reports
+from search.report import trials_table
+from search.study import open_study
+from spaces import get_space
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pareto", help="print the Pareto front of a run and write pareto.csv/png/html")
+    p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
+    p.set_defaults(func=run)
+
+
+def show_front(run_dir: Path) -> None:
+    """Print the front and write the reports next to the study."""
+    config, study = open_study(run_dir)
+    df = trials_frame(study, getattr(get_space(config.space.type), "describe", None))
+    if df.empty or not (df["state"] == "COMPLETE").any():
+        console.print(f"{run_dir}: no completed trials yet")
+        return
+    fr = front(df)
+    ref = default_reference(df)
+    hv = hypervolume(fr["accuracy"], fr["latency_ms"], ref)
+    console.print(trials_table(fr, f"Pareto front of {config.name}: {len(fr)} of {len(df)} trials"))
+    paths = write_reports(df, run_dir, f"{config.name}: accuracy vs latency")
+    console.print(f"hypervolume {hv:.4f} (reference latency {ref:.4f} ms); wrote "
+                  + ", ".join(str(p) for p in paths.values()), highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    show_front(args.run_dir)
+    return 0

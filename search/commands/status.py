@@ -1,0 +1,31 @@
+"""`slimsearch status`: every trial of a run, front marked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.commands.common import console
+from search.pareto import default_reference, hypervolume, trials_frame
+from search.report import print_summary, trials_table
+from search.study import open_study
+from spaces import get_space
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="table of all trials of a run, Pareto front starred")
+    p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config, study = open_study(args.run_dir)
+    df = trials_frame(study, getattr(get_space(config.space.type), "describe", None))
+    if df.empty:
+        console.print(f"{args.run_dir}: no trials yet")
+        return 0
+    ref = default_reference(df)
+    done = df[df["state"] == "COMPLETE"]
+    console.print(trials_table(df, f"study {config.name}"))
+    print_summary(console, df, hypervolume(done["accuracy"], done["latency_ms"], ref), ref)
+    return 0

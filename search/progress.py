@@ -1,0 +1,47 @@
+"""A rich progress bar for a running study: trial k of N, elapsed, ETA and the size of the front."""
+
+from __future__ import annotations
+
+import sys
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class StudyProgress:
+    """Optuna callback that advances a bar on each completed trial and prints one line per trial."""
+
+    def __init__(self, total: int, done: int, describe=None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+        self.describe = describe
+        self.progress = Progress(
+            TextColumn("[bold]trial"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("front: {task.fields[front]}"),
+            console=self.console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("search", total=total, completed=done, front=0)
+
+    def __enter__(self) -> "StudyProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            acc, lat = trial.values
+            what = self.describe(trial.user_attrs["candidate"]) if self.describe else ""
+            self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {what}", highlight=False)
+            self.progress.update(self.task, advance=1, front=len(study.best_trials))
+        else:
+            reason = trial.user_attrs.get("error", trial.state.name)
+            self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)

@@ -1,0 +1,57 @@
+"""Terminal tables for `status` and `pareto`."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+
+def _num(value: object, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _human(n: object) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    n = float(n)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> Table:
+    """A table of trials; Pareto-optimal rows are starred and bold."""
+    table = Table(title=title, title_justify="left")
+    for col, kw in [("#", {"justify": "right"}), ("state", {}), ("front", {"justify": "center"}),
+                    ("accuracy", {"justify": "right"}), ("latency ms", {"justify": "right"}),
+                    ("p90 ms", {"justify": "right"}), ("MACs", {"justify": "right"}),
+                    ("params", {"justify": "right"}), ("s", {"justify": "right"})]:
+        table.add_column(col, no_wrap=True, **kw)
+    if show_candidate:
+        table.add_column("candidate / error", overflow="fold")
+    for _, r in df.iterrows():
+        on_front = bool(r.get("front", False))
+        row = [
+            str(r["trial"]), r["state"].lower(), "★" if on_front else "",
+            _num(r["accuracy"], ".4f"), _num(r["latency_ms"], ".4f"), _num(r["p90_ms"], ".4f"),
+            _human(r["macs"]), _human(r["params"]), _num(r["seconds"], ".1f"),
+        ]
+        if show_candidate:
+            row.append(r["error"] or r["candidate"])
+        table.add_row(*row, style="bold" if on_front else None)
+    return table
+
+
+def print_summary(console: Console, df: pd.DataFrame, hv: float, ref: float) -> None:
+    """Counts by state and the front's hypervolume."""
+    counts = df["state"].value_counts().to_dict() if len(df) else {}
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    n_front = int(df["front"].sum()) if len(df) else 0
+    console.print(f"{len(df)} trials ({states or 'none'}); front: {n_front} trials; "
+                  f"hypervolume {hv:.4f} (reference: accuracy 0, latency {ref:.4f} ms)", highlight=False)

@@ -1,0 +1,163 @@
+"""The `blocks` space: a stem, S stages of searched lightweight blocks, and a classifier head."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from spaces.blocks.library import BLOCKS
+from spaces.layers import ConvBNAct
+from spaces.registry import Candidate, register_space
+from spaces.suggest import Suggest
+
+
+class StageConfig(BaseModel):
+    """One stage: its stride is fixed by the recipe; its width and depth are searched in a range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stride: Literal[1, 2] = 1
+    width: tuple[int, int] = Field(description="[low, high] output channels, searched in steps of round_to")
+    depth: tuple[int, int] = (1, 2)
+
+    @field_validator("width", "depth")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"expected [low, high] with 1 <= low <= high, got {list(value)}")
+        return value
+
+
+class BlocksSpaceConfig(BaseModel):
+    """Recipe section `space:` for `type: blocks`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["blocks"] = "blocks"
+    blocks: list[str] = Field(default_factory=lambda: ["conv", "dwsep", "mbconv"], min_length=1)
+    stem_width: tuple[int, int] = (8, 24)
+    stem_stride: Literal[1, 2] = 1
+    stages: list[StageConfig] = Field(min_length=1)
+    head_width: int = Field(0, ge=0, description="channels of a 1×1 conv before pooling; 0 for none")
+    options: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="per-block option choices overriding the block's defaults"
+    )
+    round_to: int = Field(8, ge=1)
+
+    @field_validator("blocks")
+    @classmethod
+    def _known_blocks(cls, value: list[str]) -> list[str]:
+        unknown = [b for b in value if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown block(s) {unknown}; known blocks: {sorted(BLOCKS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "BlocksSpaceConfig":
+        for block, opts in self.options.items():
+            if block not in BLOCKS:
+                raise ValueError(f"options given for unknown block {block!r}; known blocks: {sorted(BLOCKS)}")
+            unknown = set(opts) - set(BLOCKS[block].SEARCH_OPTIONS)
+            if unknown:
+                raise ValueError(
+                    f"unknown option(s) {sorted(unknown)} for block {block!r}; "
+                    f"searchable: {sorted(BLOCKS[block].SEARCH_OPTIONS)}"
+                )
+            if any(len(v) == 0 for v in opts.values()):
+                raise ValueError(f"options for block {block!r} need at least one value each")
+        for name, rng in [("stem_width", self.stem_width)] + [
+            (f"stages[{i}].width", s.width) for i, s in enumerate(self.stages)
+        ]:
+            if rng[0] % self.round_to:
+                raise ValueError(f"{name} low bound {rng[0]} is not a multiple of round_to={self.round_to}")
+        return self
+
+
+class BlockNet(nn.Module):
+    """A network assembled from a `blocks` candidate: features (stem + stages + head) and a classifier."""
+
+    def __init__(self, candidate: Candidate) -> None:
+        super().__init__()
+        in_ch = candidate["in_channels"]
+        stem = candidate["stem"]
+        layers: list[nn.Module] = [ConvBNAct(in_ch, stem["width"], 3, stem["stride"])]
+        ch = stem["width"]
+        for stage in candidate["stages"]:
+            block_cls = BLOCKS[stage["block"]]
+            for i in range(stage["depth"]):
+                stride = stage["stride"] if i == 0 else 1
+                layers.append(block_cls(ch, stage["width"], stride, **stage["options"]))
+                ch = stage["width"]
+        if candidate["head_width"]:
+            layers.append(ConvBNAct(ch, candidate["head_width"], 1))
+            ch = candidate["head_width"]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(ch, candidate["num_classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_space("blocks")
+class BlocksSpace:
+    """NAS-style macro space: per stage, which block, how wide, how deep, and the block's options."""
+
+    Config = BlocksSpaceConfig
+
+    def __init__(self, config: BlocksSpaceConfig, *, in_channels: int, num_classes: int, image_size: int) -> None:
+        self.config = config
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.image_size = image_size
+
+    def block_options(self, block: str) -> dict[str, list[Any]]:
+        """The option choices searched for `block`: its defaults, overridden by the recipe."""
+        return {**BLOCKS[block].SEARCH_OPTIONS, **self.config.options.get(block, {})}
+
+    def sample(self, suggest: Suggest) -> Candidate:
+        """Draw one candidate; parameter names are stable so samplers can learn across trials."""
+        cfg = self.config
+        step = cfg.round_to
+        stem = {"width": suggest.int("stem.width", *cfg.stem_width, step=step), "stride": cfg.stem_stride}
+        stages = []
+        for i, stage in enumerate(cfg.stages):
+            block = suggest.categorical(f"s{i}.block", cfg.blocks)
+            options = {
+                opt: suggest.categorical(f"s{i}.{block}.{opt}", choices)
+                for opt, choices in self.block_options(block).items()
+            }
+            stages.append(
+                {
+                    "block": block,
+                    "width": suggest.int(f"s{i}.width", *stage.width, step=step),
+                    "depth": suggest.int(f"s{i}.depth", *stage.depth),
+                    "stride": stage.stride,
+                    "options": options,
+                }
+            )
+        return {
+            "space": "blocks",
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "stem": stem,
+            "stages": stages,
+            "head_width": cfg.head_width,
+        }
+
+    @staticmethod
+    def describe(candidate: Candidate) -> str:
+        """One line per candidate, e.g. `stem16 | mbconv×2 w24 k3 e6 | dwsep×1 w48 k5`."""
+        short = {"kernel_size": "k", "expand_ratio": "e"}
+        parts = [f"stem{candidate['stem']['width']}"]
+        for st in candidate["stages"]:
+            opts = " ".join(f"{short.get(k, k)}{v}" for k, v in st["options"].items())
+            parts.append(f"{st['block']}×{st['depth']} w{st['width']} {opts}".strip())
+        return " | ".join(parts)
+
+    def build(self, candidate: Candidate) -> nn.Module:
+        """Rebuild the network a candidate describes; equal candidates give equal architectures."""
+        return BlockNet(candidate)

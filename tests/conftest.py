@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny but real digits study in a temporary run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(tmp_path: Path, **changes: object) -> dict:
+    """The default digits recipe shrunk so a trial takes about a second."""
+    raw = yaml.safe_load((ROOT / "studies" / "digits_blocks.yaml").read_text())
+    raw["output_dir"] = str(tmp_path / "runs")
+    raw["data"]["image_size"] = 8
+    raw["train"]["epochs"] = 0.5
+    raw["latency"]["max_seconds"] = 0.2
+    raw["search"]["trials"] = 3
+    raw["search"]["startup_trials"] = 2
+    for key, value in changes.items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return raw
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path):
+    """Write a tiny recipe (with optional dotted-key changes) and return its path."""
+
+    def make(**changes: object) -> Path:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **changes)))
+        return path
+
+    return make

@@ -1,0 +1,65 @@
+"""Recipes: valid ones load; wrong keys, types and ranges give one clear message and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from search.cli import main
+from search.config import load_config
+from search.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def test_default_recipe_validates():
+    config = load_config(ROOT / "studies" / "digits_blocks.yaml")
+    assert config.name == "digits_blocks"
+    assert config.space.type == "blocks"
+    assert config.run_dir.name == "digits_blocks"
+
+
+def test_set_overrides_nested_keys(recipe_file):
+    config = load_config(recipe_file(), ["name=trial-run", "search.trials=7", "search.sampler=nsga2"])
+    assert (config.name, config.search.trials, config.search.sampler) == ("trial-run", 7, "nsga2")
+
+
+@pytest.mark.parametrize(
+    "changes, field, expected",
+    [
+        ({"search.trails": 5}, "search.trails", "unknown key"),
+        ({"search.trials": "many"}, "search.trials", "valid integer"),
+        ({"search.trials": 0}, "search.trials", "greater than or equal to 1"),
+        ({"search.sampler": "grid"}, "search.sampler", "'tpe', 'nsga2' or 'random'"),
+        ({"space.blocks": ["conv", "nope"]}, "space.blocks", "unknown block"),
+        ({"space.stem_width": [12, 24]}, "space", "multiple of round_to"),
+        ({"data.dataset": "imagenet"}, "data.dataset", "unknown dataset"),
+        ({"space.type": "galaxy"}, "space.type", "unknown space"),
+    ],
+)
+def test_bad_recipe_names_the_field(recipe_file, changes, field, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe_file(**changes))
+    message = str(err.value)
+    assert f"{field}" in message and expected in message
+
+
+def test_validate_cli_exit_code_2_without_traceback(recipe_file, capsys):
+    assert main(["validate", str(recipe_file(**{"train.lr": -1}))]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "greater than 0" in err and "Traceback" not in err
+
+
+def test_validate_cli_ok(recipe_file, capsys):
+    assert main(["validate", str(recipe_file())]) == 0
+    assert "valid 'blocks' study" in capsys.readouterr().out
+
+
+def test_missing_recipe_file_is_a_usage_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "validate", str(tmp_path / "nope.yaml")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "no such recipe file" in proc.stderr and "Traceback" not in proc.stderr
