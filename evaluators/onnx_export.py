@@ -16,8 +16,11 @@ class ExportError(RuntimeError):
     """The model could not be exported to ONNX; the candidate fails with this reason."""
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, batch_size: int = 1) -> Path:
-    """Write `model` (in eval mode, fixed batch) to `path` as ONNX; raises ExportError with the cause."""
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, batch_size: int = 1, dynamic_batch: bool = False
+) -> Path:
+    """Write `model` (in eval mode) to `path` as ONNX, with a fixed batch unless `dynamic_batch`;
+    raises ExportError with the cause."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -27,7 +30,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["input"], output_names=["output"]
+                model, (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None,
             )
     except Exception as exc:  # the exporter raises many unrelated types
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc

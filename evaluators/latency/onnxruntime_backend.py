@@ -6,12 +6,14 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch.nn as nn
 
 from evaluators.latency.base import BackendUnavailable, LatencyStats, register_backend, summarize
 from evaluators.onnx_export import export_onnx
+from evaluators.precision import convert_precision
 
 
 def cpu_name() -> str:
@@ -85,19 +87,19 @@ class OnnxRuntimeBackend:
         return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def measure(
-        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32", batch_size: int = 1
+        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32", batch_size: int = 1,
+        calibration: Sequence[np.ndarray] | None = None,
     ) -> LatencyStats:
-        """Latency of one batch of `input_shape` (C, H, W); a module is exported to ONNX first."""
-        if precision != "fp32":
-            raise BackendUnavailable(
-                f"precision {precision!r} is not supported by the onnxruntime backend yet; use fp32"
-            )
+        """Latency of one batch of `input_shape` (C, H, W); a module is exported to ONNX first, and the
+        ONNX converted to `precision` (int8: static quantization on `calibration` batches)."""
         with tempfile.TemporaryDirectory() as tmp:
             if isinstance(model, nn.Module):
                 onnx_path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", batch_size)
             else:
                 onnx_path = Path(model)
             t0 = time.perf_counter()
+            if precision != "fp32":
+                onnx_path = convert_precision(onnx_path, Path(tmp) / f"model.{precision}.onnx", precision, calibration)
             sess = self.session(onnx_path)
             build_seconds = time.perf_counter() - t0
             return self._time(sess, input_shape, precision, batch_size, build_seconds)
