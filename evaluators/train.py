@@ -53,6 +53,29 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> float:
     return correct / max(len(split), 1)
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, batches: int = 20, batch_size: int = 64, seed: int = 0) -> int:
+    """Adaptive BN: re-estimate every BatchNorm's running statistics on `batches` training batches, weights
+    untouched, so a pruned network is scored with the statistics of its own activations. Returns the images seen."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches seen
+        m.train()
+    seen = 0
+    for x, _ in split.subset(batches * batch_size, seed).batches(batch_size):
+        model(x)
+        seen += len(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    return seen
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's soft-target loss, scaled by T² so its gradient matches the hard loss."""
     t = temperature

@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
+from evaluators.data import DataError
 from search.commands import COMMANDS
 from search.errors import UsageError
 
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; usage and recipe errors print one message and exit with code 2."""
+    """Entry point; usage, recipe and data errors print one message and exit with code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         return exc.exit_code
+    except DataError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] data: {escape(str(exc))}", highlight=False)
+        return UsageError.exit_code
     except KeyboardInterrupt:
         Console(stderr=True, soft_wrap=True).print("interrupted; completed trials are saved — resume with the same command")
         return 130

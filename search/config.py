@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluators.data import DATASETS
 from search.errors import ConfigError
@@ -45,6 +45,11 @@ class TrainConfig(Section):
     max_train_samples: int | None = Field(None, ge=1, description="train on at most this many images per trial")
     max_eval_samples: int | None = Field(None, ge=1, description="score on at most this many validation images")
     threads: int = Field(0, ge=0, description="torch threads for training (0: all cores)")
+    kd_alpha: float = Field(0.0, ge=0, le=1, description="weight of distillation from the base (compress space)")
+    kd_temperature: float = Field(4.0, gt=0, description="softmax temperature of the distillation loss")
+    bn_batches: int = Field(
+        20, ge=0, description="training batches that recalibrate BatchNorm before a compressed candidate's fine-tune"
+    )
 
 
 class LatencyConfig(Section):
@@ -54,6 +59,18 @@ class LatencyConfig(Section):
     threads: int = Field(1, ge=1, description="CPU threads the engine may use")
     max_seconds: float = Field(3.0, gt=0, description="time cap for the timed rounds of one model")
     target_cv: float = Field(0.02, gt=0, description="stop timing once round medians vary less than this")
+    table: str | None = Field(None, description="latency table (JSON from `slimsearch lut build`) to predict with")
+    budget_ms: float | None = Field(
+        None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"
+    )
+
+    @model_validator(mode="after")
+    def _budget_needs_table(self) -> "LatencyConfig":
+        if self.budget_ms is not None and self.table is None:
+            raise ValueError(
+                "budget_ms needs a latency table to predict with: set latency.table (see `slimsearch lut build`)"
+            )
+        return self
 
 
 class SearchConfig(Section):
@@ -62,6 +79,18 @@ class SearchConfig(Section):
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
     startup_trials: int = Field(10, ge=0, description="random trials before TPE models the space")
     population_size: int = Field(16, ge=2, description="NSGA-II population")
+    max_consecutive_failures: int = Field(5, ge=1, description="stop the study after this many failed trials in a row")
+    heartbeat_interval: int = Field(
+        10, ge=1, description="seconds between a running trial's heartbeats; a trial silent for 3 intervals is retried"
+    )
+
+
+class ConstraintsConfig(Section):
+    """Limits a candidate must meet to be feasible; infeasible trials are never on the front."""
+
+    latency_ms: float | None = Field(None, gt=0, description="maximum median latency in milliseconds")
+    params: int | None = Field(None, ge=1, description="maximum number of parameters")
+    accuracy: float | None = Field(None, ge=0, le=1, description="minimum validation accuracy")
 
 
 class StudyConfig(Section):
@@ -76,6 +105,7 @@ class StudyConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
 
     @property
     def run_dir(self) -> Path:

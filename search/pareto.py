@@ -32,12 +32,15 @@ def trials_frame(study: optuna.Study, describe: Any = None) -> pd.DataFrame:
                 "backend": lat.get("backend", ""),
                 "candidate": describe(candidate) if (describe and candidate) else json.dumps(candidate),
                 "error": t.user_attrs.get("error", ""),
+                "feasible": t.user_attrs.get("feasible"),
+                "speedup": t.user_attrs.get("vs_base", {}).get("speedup", np.nan),
+                "compression": t.user_attrs.get("vs_base", {}).get("compression", np.nan),
             }
         )
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    done = df["state"] == TrialState.COMPLETE.name
+    done = (df["state"] == TrialState.COMPLETE.name) & df["feasible"].map(lambda v: v is not False)
     df["front"] = False
     df.loc[done, "front"] = pareto_mask(df.loc[done, "accuracy"].to_numpy(), df.loc[done, "latency_ms"].to_numpy())
     return df
@@ -78,26 +81,42 @@ def default_reference(df: pd.DataFrame) -> float:
     return float(done["latency_ms"].max() * 1.1) if len(done) else 1.0
 
 
-def write_reports(df: pd.DataFrame, run_dir: str | Path, title: str) -> dict[str, Path]:
-    """Write pareto.csv, pareto.png and pareto.html into the run directory."""
+def write_reports(
+    df: pd.DataFrame, run_dir: str | Path, title: str, base: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write pareto.csv, pareto.png and pareto.html into the run directory; the plots mark infeasible
+    trials and, when given, the base network (`accuracy`, `latency_ms`) the study compresses."""
     run_dir = Path(run_dir)
     paths = {"csv": run_dir / "pareto.csv", "png": run_dir / "pareto.png", "html": run_dir / "pareto.html"}
     fr = front(df)
     fr.to_csv(paths["csv"], index=False)
-    _plot_png(df, fr, paths["png"], title)
-    _plot_html(df, fr, paths["html"], title)
+    base = base if base and {"accuracy", "latency_ms"} <= set(base) else None
+    _plot_png(df, fr, paths["png"], title, base)
+    _plot_html(df, fr, paths["html"], title, base)
     return paths
 
 
-def _plot_png(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str) -> None:
+def _completed(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Completed trials split into (feasible, infeasible)."""
+    done = df[df["state"] == TrialState.COMPLETE.name]
+    bad = done["feasible"].map(lambda v: v is False)
+    return done[~bad], done[bad]
+
+
+def _plot_png(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str, base: dict[str, Any] | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = df[df["state"] == TrialState.COMPLETE.name]
+    done, infeasible = _completed(df)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.scatter(done["latency_ms"], done["accuracy"], s=18, c="#9aa5b1", label="trials")
+    if len(infeasible):
+        ax.scatter(infeasible["latency_ms"], infeasible["accuracy"], s=22, c="#e08a3c", marker="x",
+                   label="infeasible (constraints)")
+    if base:
+        ax.scatter([base["latency_ms"]], [base["accuracy"]], s=120, c="#2e4057", marker="*", label="base", zorder=4)
     if len(fr):
         ax.step(fr["latency_ms"], fr["accuracy"], where="post", c="#d1495b", lw=1.2)
         ax.scatter(fr["latency_ms"], fr["accuracy"], s=36, c="#d1495b", label="Pareto front", zorder=3)
@@ -115,10 +134,10 @@ def _plot_png(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str) -> Non
     plt.close(fig)
 
 
-def _plot_html(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str) -> None:
+def _plot_html(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str, base: dict[str, Any] | None) -> None:
     import plotly.graph_objects as go
 
-    done = df[df["state"] == TrialState.COMPLETE.name]
+    done, infeasible = _completed(df)
     hover = "trial %{customdata[0]}<br>acc %{y:.4f}<br>%{x:.4f} ms<br>%{customdata[1]}<extra></extra>"
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=done["latency_ms"], y=done["accuracy"], mode="markers", name="trials",
@@ -126,5 +145,13 @@ def _plot_html(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str) -> No
     fig.add_trace(go.Scatter(x=fr["latency_ms"], y=fr["accuracy"], mode="lines+markers", name="Pareto front",
                              line={"shape": "hv", "color": "#d1495b"}, customdata=fr[["trial", "candidate"]],
                              hovertemplate=hover))
+    if len(infeasible):
+        fig.add_trace(go.Scatter(x=infeasible["latency_ms"], y=infeasible["accuracy"], mode="markers",
+                                 name="infeasible (constraints)", marker={"color": "#e08a3c", "symbol": "x"},
+                                 customdata=infeasible[["trial", "candidate"]], hovertemplate=hover))
+    if base:
+        fig.add_trace(go.Scatter(x=[base["latency_ms"]], y=[base["accuracy"]], mode="markers", name="base",
+                                 marker={"color": "#2e4057", "symbol": "star", "size": 14},
+                                 hovertemplate="base<br>acc %{y:.4f}<br>%{x:.4f} ms<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="latency, median ms", yaxis_title="accuracy (validation)")
     fig.write_html(path, include_plotlyjs=True)

@@ -26,13 +26,21 @@ def _human(n: object) -> str:
 
 
 def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> Table:
-    """A table of trials; Pareto-optimal rows are starred and bold."""
+    """A table of trials; Pareto-optimal rows are starred and bold; with constraints, a `feasible` column; in a
+    compression study, speedup and parameter compression against the base."""
     table = Table(title=title, title_justify="left")
+    constrained = "feasible" in df and df["feasible"].map(lambda v: v is not None).any()
     for col, kw in [("#", {"justify": "right"}), ("state", {}), ("front", {"justify": "center"}),
                     ("accuracy", {"justify": "right"}), ("latency ms", {"justify": "right"}),
                     ("p90 ms", {"justify": "right"}), ("MACs", {"justify": "right"}),
                     ("params", {"justify": "right"}), ("s", {"justify": "right"})]:
         table.add_column(col, no_wrap=True, **kw)
+    if constrained:
+        table.add_column("feasible", justify="center", no_wrap=True)
+    versus = "speedup" in df and df["speedup"].notna().any()
+    if versus:
+        table.add_column("speedup", justify="right", no_wrap=True)
+        table.add_column("params ÷", justify="right", no_wrap=True)
     if show_candidate:
         table.add_column("candidate / error", overflow="fold")
     for _, r in df.iterrows():
@@ -42,6 +50,10 @@ def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> T
             _num(r["accuracy"], ".4f"), _num(r["latency_ms"], ".4f"), _num(r["p90_ms"], ".4f"),
             _human(r["macs"]), _human(r["params"]), _num(r["seconds"], ".1f"),
         ]
+        if constrained:
+            row.append({True: "yes", False: "[red]no[/]"}.get(r["feasible"], ""))
+        if versus:
+            row += [f"{r[k]:{fmt}}×" if pd.notna(r[k]) else "-" for k, fmt in (("speedup", ".2f"), ("compression", ".1f"))]
         if show_candidate:
             row.append(r["error"] or r["candidate"])
         table.add_row(*row, style="bold" if on_front else None)
@@ -53,5 +65,8 @@ def print_summary(console: Console, df: pd.DataFrame, hv: float, ref: float) -> 
     counts = df["state"].value_counts().to_dict() if len(df) else {}
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
     n_front = int(df["front"].sum()) if len(df) else 0
+    infeasible = int(df["feasible"].map(lambda v: v is False).sum()) if "feasible" in df else 0
+    if infeasible:
+        states += f"; {infeasible} infeasible"
     console.print(f"{len(df)} trials ({states or 'none'}); front: {n_front} trials; "
                   f"hypervolume {hv:.4f} (reference: accuracy 0, latency {ref:.4f} ms)", highlight=False)

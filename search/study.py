@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 
 from search.config import StudyConfig, validate_config
 from search.errors import UsageError
+from search.executors.seeding import ProcessSeededSampler
+from search.frozen import CONFIG_FILE, check_and_freeze
+from search.recovery import grace_period
 
 OBJECTIVES = ("accuracy", "latency_ms")
 DIRECTIONS = ("maximize", "minimize")
-CONFIG_FILE = "config.yaml"
+STORAGE_ATTEMPTS = 3
 
 
 def storage_url(config: StudyConfig) -> str:
@@ -25,57 +31,77 @@ def storage_url(config: StudyConfig) -> str:
     return f"sqlite:///{(config.run_dir / 'study.db').resolve()}"
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats, so trials of a killed process are found stale and retried."""
+def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.BaseStorage:
+    """RDB storage with heartbeats, so trials of a killed process are found stale and retried (twice at most)."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=10,
-            grace_period=30,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 reads this as psycopg 3; the project ships psycopg2
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    attempt = 1
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period(heartbeat_interval),
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Processes opening a fresh database at once race to create its tables; the losers retry.
+            if attempt == STORAGE_ATTEMPTS:
+                raise
+            attempt += 1
+            time.sleep(1.0)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise UsageError(f"storage {sqlalchemy.engine.make_url(url)}: cannot open it: {exc.orig}") from None
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The recipe's sampler, seeded, so the same recipe samples the same candidates."""
+    """The recipe's sampler, seeded, so the same recipe samples the same candidates; processes sharing
+    the study seed theirs apart (see `search.executors.seeding`)."""
+    return ProcessSeededSampler(partial(seeded_sampler, config), config.seed)
+
+
+def seeded_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The recipe's sampler with the given seed. TPE and NSGA-II read the constraints each trial sets
+    (`Trial.set_constraint`, see search/constraints.py)."""
     s = config.search
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=s.startup_trials, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, multivariate=True)
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=s.population_size)
-    return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def freeze_config(config: StudyConfig) -> Path:
-    """Write the resolved recipe (with its storage URL) into the run directory."""
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    data = config.dump()
-    data["storage"] = storage_url(config)
-    path = config.run_dir / CONFIG_FILE
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    """Freeze the resolved recipe (with its storage URL) into a new run directory; for an existing one,
+    refuse a recipe that changes the study (see search/frozen.py)."""
+    return check_and_freeze(config, storage_url(config))
 
 
 def load_run_config(run_dir: str | Path) -> StudyConfig:
-    """The frozen recipe of an existing run directory."""
-    path = Path(run_dir) / CONFIG_FILE
+    """The frozen recipe of an existing run directory, located where the directory is now."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); start one with `slimsearch run`")
-    return validate_config(yaml.safe_load(path.read_text()), str(path))
+    config = validate_config(yaml.safe_load(path.read_text()), str(path))
+    if run_dir.resolve().name == config.name:
+        config.output_dir = str(run_dir.resolve().parent)
+    return config
 
 
 def create_or_load_study(config: StudyConfig) -> optuna.Study:
     """Create the study (two objectives, named metrics) or re-open it to resume."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        storage=make_storage(storage_url(config)),
+        storage=make_storage(storage_url(config), config.search.heartbeat_interval),
         study_name=config.name,
         directions=list(DIRECTIONS),
         sampler=make_sampler(config),
@@ -95,7 +121,9 @@ def open_study(run_dir: str | Path) -> tuple[StudyConfig, optuna.Study]:
     config = load_run_config(run_dir)
     try:
         study = optuna.load_study(
-            study_name=config.name, storage=make_storage(storage_url(config)), sampler=make_sampler(config)
+            study_name=config.name,
+            storage=make_storage(storage_url(config), config.search.heartbeat_interval),
+            sampler=make_sampler(config),
         )
     except KeyError:
         raise UsageError(f"{run_dir}: study {config.name!r} not found in {storage_url(config)}") from None

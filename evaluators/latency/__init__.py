@@ -9,9 +9,10 @@ from evaluators.latency.base import (
     BackendUnavailable,
     LatencyBackend,
     LatencyStats,
+    UnsupportedRequest,
     register_backend,
 )
-from evaluators.latency import onnxruntime_backend  # noqa: F401  (registers `onnxruntime`)
+from evaluators.latency import onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401  (register them)
 
 AUTO_ORDER = ("tensorrt", "onnxruntime")
 
@@ -23,7 +24,10 @@ def resolve_backend_name(name: str) -> str:
     for candidate in AUTO_ORDER:
         if candidate in BACKENDS and AVAILABILITY[candidate]() is None:
             return candidate
-    raise BackendUnavailable("no latency backend can run here: pip install onnxruntime")
+    raise BackendUnavailable(
+        "no latency backend can run here: pip install onnxruntime (CPU), or on an NVIDIA GPU "
+        "pip install --extra-index-url https://pypi.nvidia.com tensorrt"
+    )
 
 
 def get_backend(name: str, **options: object) -> LatencyBackend:
@@ -38,6 +42,6 @@ def get_backend(name: str, **options: object) -> LatencyBackend:
 
 
 __all__ = [
-    "AVAILABILITY", "BACKENDS", "PRECISIONS", "BackendUnavailable", "LatencyBackend", "LatencyStats",
-    "get_backend", "register_backend", "resolve_backend_name",
+    "AUTO_ORDER", "AVAILABILITY", "BACKENDS", "PRECISIONS", "BackendUnavailable", "LatencyBackend", "LatencyStats",
+    "UnsupportedRequest", "get_backend", "register_backend", "resolve_backend_name",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import torch.nn as nn
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -14,6 +16,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 class BackendUnavailable(RuntimeError):
     """The backend asked for cannot run here; the message says what is missing and how to get it."""
+
+
+class UnsupportedRequest(ValueError):
+    """The backend runs, but not what was asked of it (a precision, an input kind); the message says what would."""
 
 
 @dataclass
@@ -42,14 +48,16 @@ class LatencyStats:
 def summarize(
     times_ms: Sequence[float], *, warmup_runs: int, backend: str, version: str, device: str, precision: str,
     batch_size: int, build_seconds: float = 0.0, extra: dict[str, object] | None = None,
+    headline_ms: float | None = None,
 ) -> LatencyStats:
-    """Turn raw per-run timings into `LatencyStats`."""
+    """Turn raw per-run timings into `LatencyStats`; the median is `headline_ms` when given (a backend that
+    times in rounds reports the median of round medians), else the median of all runs."""
     ordered = sorted(times_ms)
     n = len(ordered)
     mean = statistics.fmean(ordered)
     std = statistics.pstdev(ordered) if n > 1 else 0.0
     return LatencyStats(
-        median_ms=statistics.median(ordered),
+        median_ms=statistics.median(ordered) if headline_ms is None else headline_ms,
         p90_ms=ordered[min(n - 1, int(0.9 * n))],
         p99_ms=ordered[min(n - 1, int(0.99 * n))],
         mean_ms=mean,
@@ -66,17 +74,50 @@ def summarize(
     )
 
 
+def check_input(path: str | Path, declared: Sequence[object], input_shape: tuple[int, ...], batch_size: int) -> None:
+    """Refuse a request whose batch or image shape contradicts the fixed dimensions of an ONNX input
+    (`declared`: its dimensions, anything but an int standing for a free one)."""
+    wanted = (batch_size, *input_shape)
+    if len(declared) != len(wanted) or any(isinstance(d, int) and d != w for d, w in zip(declared, wanted)):
+        shown = ["?" if not isinstance(d, int) else d for d in declared]
+        raise UnsupportedRequest(
+            f"{path}: its input has shape {shown}, which does not fit batch {batch_size} of {list(input_shape)}; "
+            "pass the batch size and input shape the model was exported with"
+        )
+
+
+def onnx_input_dims(path: str | Path) -> list[int | None]:
+    """The first input's dimensions of an ONNX file (None where symbolic)."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (falls back to the platform string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 class LatencyBackend(Protocol):
     """Measures a network (an `nn.Module` or an ONNX file) on one engine and device."""
 
     name: str
+    precisions: tuple[str, ...]
 
     def version(self) -> str: ...
 
     def device(self) -> str: ...
 
     def measure(
-        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32"
+        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32",
+        batch_size: int = 1, calibration: Sequence[np.ndarray] | None = None,
     ) -> LatencyStats: ...
 
 

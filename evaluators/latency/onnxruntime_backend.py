@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -11,20 +10,12 @@ from typing import Sequence
 import numpy as np
 import torch.nn as nn
 
-from evaluators.latency.base import BackendUnavailable, LatencyStats, register_backend, summarize
+from evaluators.latency.base import BackendUnavailable, LatencyStats, check_input, cpu_name, register_backend
+from evaluators.latency.timing import cpu_rounds
 from evaluators.onnx_export import export_onnx
 from evaluators.precision import convert_precision
 
-
-def cpu_name() -> str:
-    """The CPU model as the kernel reports it (falls back to the platform string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def _unavailable() -> str | None:
@@ -39,12 +30,17 @@ def _unavailable() -> str | None:
 class OnnxRuntimeBackend:
     """Times `InferenceSession.run` on the CPU execution provider.
 
-    Warm-up runs for `warmup_s`; then rounds of timed runs go on until the coefficient of variation of
-    the round medians is under `target_cv` (after `min_rounds`) or `max_seconds` is spent. The reported
-    median is over all timed runs.
+    The session has `threads` intra-op threads (a fixed number, so results do not depend on how many cores
+    happen to be idle), one inter-op thread and sequential execution; its worker threads spin between runs
+    when `spinning` (lower, steadier latency with several threads, as a serving process would run). The
+    garbage collector is paused while timing. Warm-up runs for `warmup_s`; then rounds of timed runs go on
+    until the coefficient of variation of the round medians is under `target_cv` (after `min_rounds`) or
+    `max_seconds` is spent. The headline median is the median of the round medians, so one round disturbed
+    by another process does not move it; the per-run p90 / p99 / mean / CV are kept.
     """
 
     name = "onnxruntime"
+    precisions = ("fp32", "fp16", "int8")
 
     def __init__(
         self,
@@ -55,9 +51,11 @@ class OnnxRuntimeBackend:
         max_rounds: int = 20,
         target_cv: float = 0.02,
         max_seconds: float = 3.0,
+        spinning: bool = True,
     ) -> None:
-        if _unavailable():
-            raise BackendUnavailable(_unavailable())
+        why = _unavailable()
+        if why:
+            raise BackendUnavailable(why)
         self.threads = threads
         self.warmup_s = warmup_s
         self.round_runs = round_runs
@@ -65,6 +63,7 @@ class OnnxRuntimeBackend:
         self.max_rounds = max_rounds
         self.target_cv = target_cv
         self.max_seconds = max_seconds
+        self.spinning = spinning
 
     def version(self) -> str:
         import onnxruntime as ort
@@ -83,7 +82,9 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def measure(
@@ -102,36 +103,16 @@ class OnnxRuntimeBackend:
                 onnx_path = convert_precision(onnx_path, Path(tmp) / f"model.{precision}.onnx", precision, calibration)
             sess = self.session(onnx_path)
             build_seconds = time.perf_counter() - t0
-            return self._time(sess, input_shape, precision, batch_size, build_seconds)
-
-    def _time(self, sess, input_shape, precision: str, batch_size: int, build_seconds: float) -> LatencyStats:
-        inp = sess.get_inputs()[0]
-        x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
-        feed = {inp.name: x}
-        run = sess.run
-        warmup_runs = 0
-        t_end = time.perf_counter() + self.warmup_s
-        while warmup_runs < 10 or time.perf_counter() < t_end:
-            run(None, feed)
-            warmup_runs += 1
-        times: list[float] = []
-        round_medians: list[float] = []
-        deadline = time.perf_counter() + self.max_seconds
-        while len(round_medians) < self.max_rounds:
-            chunk = []
-            for _ in range(self.round_runs):
-                t = time.perf_counter_ns()
-                run(None, feed)
-                chunk.append((time.perf_counter_ns() - t) / 1e6)
-            times.extend(chunk)
-            round_medians.append(float(np.median(chunk)))
-            if len(round_medians) >= self.min_rounds:
-                rm = np.asarray(round_medians)
-                if rm.std() / rm.mean() <= self.target_cv or time.perf_counter() > deadline:
-                    break
-        rm = np.asarray(round_medians)
-        return summarize(
-            times, warmup_runs=warmup_runs, backend=self.name, version=self.version(), device=self.device(),
-            precision=precision, batch_size=batch_size, build_seconds=build_seconds,
-            extra={"rounds": len(round_medians), "round_cv": float(rm.std() / rm.mean()), "threads": self.threads},
+            inp = sess.get_inputs()[0]
+            check_input(model if not isinstance(model, nn.Module) else onnx_path, inp.shape, input_shape, batch_size)
+            x = np.random.default_rng(0).standard_normal((batch_size, *input_shape))
+            feed = {inp.name: x.astype(_NUMPY_TYPES.get(inp.type, np.float32))}
+            timings = cpu_rounds(
+                lambda: sess.run(None, feed), warmup_s=self.warmup_s, round_runs=self.round_runs,
+                min_rounds=self.min_rounds, max_rounds=self.max_rounds, target_cv=self.target_cv,
+                max_seconds=self.max_seconds,
+            )
+        return timings.stats(
+            backend=self.name, version=self.version(), device=self.device(), precision=precision,
+            batch_size=batch_size, build_seconds=build_seconds, extra={"threads": self.threads},
         )

@@ -1,5 +1,5 @@
 """Sub-commands of `slimsearch`; each module offers `register(subparsers)`."""
 
-from search.commands import pareto, run, status, validate
+from search.commands import dashboard, export, latency, lut, pareto, resume, run, status, validate
 
-COMMANDS = [run, validate, status, pareto]
+COMMANDS = [run, resume, validate, status, pareto, export, dashboard, latency, lut]

@@ -29,7 +29,12 @@ def show_front(run_dir: Path) -> None:
     ref = default_reference(df)
     hv = hypervolume(fr["accuracy"], fr["latency_ms"], ref)
     console.print(trials_table(fr, f"Pareto front of {config.name}: {len(fr)} of {len(df)} trials"))
-    paths = write_reports(df, run_dir, f"{config.name}: accuracy vs latency")
+    infeasible = df.loc[df["feasible"].map(lambda v: v is False), "trial"].tolist()
+    if infeasible:
+        limits = {k: v for k, v in config.constraints.model_dump().items() if v is not None}
+        console.print(f"infeasible (off the front; constraints {limits}): "
+                      + ", ".join(f"#{n}" for n in infeasible), highlight=False)
+    paths = write_reports(df, run_dir, f"{config.name}: accuracy vs latency", study.user_attrs.get("base"))
     console.print(f"hypervolume {hv:.4f} (reference latency {ref:.4f} ms); wrote "
                   + ", ".join(str(p) for p in paths.values()), highlight=False)
 

@@ -6,6 +6,8 @@ import argparse
 
 from search.commands.common import add_recipe_args, console, recipe_from_args
 from search.commands.pareto import show_front
+from search.errors import UsageError
+from search.executors.local import run_workers
 from search.runner import run_study
 
 
@@ -20,14 +22,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in the run dir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    ex = p.add_argument_group("executors", "where trials run (all write to the same Optuna storage)")
+    ex.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: processes on this machine (default); ray: Ray Tune trials on a local or existing Ray")
+    ex.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="local executor: N worker processes sharing the study (default 1)")
+    ex.add_argument("--address", help="ray executor: address of an existing Ray cluster (default: start a local Ray)")
+    ex.add_argument("--cpus-per-trial", type=float, metavar="C", help="ray executor: CPUs per trial (default 1)")
+    ex.add_argument("--gpus-per-trial", type=float, metavar="G", help="ray executor: GPUs per trial (default 0)")
+    ex.add_argument("--max-concurrent", type=int, metavar="K",
+                    help="ray executor: trials running at once (default: cluster CPUs / CPUs per trial)")
     p.set_defaults(func=run)
+
+
+RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent")
+
+
+def check_executor_args(args: argparse.Namespace) -> None:
+    """Refuse flags that do not belong to the chosen executor, naming them."""
+    if args.executor == "local":
+        given = [f"--{k.replace('_', '-')}" for k in RAY_ONLY if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for --executor ray")
+    elif args.workers != 1:
+        raise UsageError("--workers: only for --executor local (with Ray, use --max-concurrent)")
+    if args.workers < 1 or (args.max_concurrent is not None and args.max_concurrent < 1):
+        raise UsageError("--workers and --max-concurrent: expected a positive number")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.storage:
         args.overrides.append(f"storage={args.storage}")
+    check_executor_args(args)
     config = recipe_from_args(args)
     console.print(f"study [bold]{config.name}[/] → {config.run_dir}", highlight=False)
-    run_study(config, trials=args.trials, timeout=args.timeout, show_progress=not args.no_progress)
+    progress = not args.no_progress
+    if args.executor == "ray":
+        from search.executors.ray_executor import run_ray
+
+        run_ray(config, trials=args.trials, timeout=args.timeout, show_progress=progress, address=args.address,
+                cpus_per_trial=1 if args.cpus_per_trial is None else args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial or 0,
+                max_concurrent=args.max_concurrent)
+    elif args.workers > 1:
+        run_workers(config, args.workers, trials=args.trials, timeout=args.timeout, show_progress=progress)
+    else:
+        run_study(config, trials=args.trials, timeout=args.timeout, show_progress=progress)
     show_front(config.run_dir)
     return 0

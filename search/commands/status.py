@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{args.run_dir}: no trials yet")
         return 0
     ref = default_reference(df)
-    done = df[df["state"] == "COMPLETE"]
+    fr = df[df["front"]]
     console.print(trials_table(df, f"study {config.name}"))
-    print_summary(console, df, hypervolume(done["accuracy"], done["latency_ms"], ref), ref)
+    print_summary(console, df, hypervolume(fr["accuracy"], fr["latency_ms"], ref), ref)
     return 0

@@ -37,7 +37,7 @@ class BlocksSpaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["blocks"] = "blocks"
-    blocks: list[str] = Field(default_factory=lambda: ["conv", "dwsep", "mbconv"], min_length=1)
+    blocks: list[str] = Field(default_factory=lambda: sorted(BLOCKS), min_length=1)
     stem_width: tuple[int, int] = (8, 24)
     stem_stride: Literal[1, 2] = 1
     stages: list[StageConfig] = Field(min_length=1)
@@ -60,14 +60,21 @@ class BlocksSpaceConfig(BaseModel):
         for block, opts in self.options.items():
             if block not in BLOCKS:
                 raise ValueError(f"options given for unknown block {block!r}; known blocks: {sorted(BLOCKS)}")
-            unknown = set(opts) - set(BLOCKS[block].SEARCH_OPTIONS)
+            unknown = set(opts) - set(BLOCKS[block].option_names())
             if unknown:
                 raise ValueError(
                     f"unknown option(s) {sorted(unknown)} for block {block!r}; "
-                    f"searchable: {sorted(BLOCKS[block].SEARCH_OPTIONS)}"
+                    f"its options: {BLOCKS[block].option_names()}"
                 )
             if any(len(v) == 0 for v in opts.values()):
                 raise ValueError(f"options for block {block!r} need at least one value each")
+        for block in self.blocks:
+            multiple = BLOCKS[block].channel_multiple
+            if self.round_to % multiple:
+                raise ValueError(
+                    f"block {block!r} needs channel counts that are multiples of {multiple}; "
+                    f"round_to={self.round_to} is not"
+                )
         for name, rng in [("stem_width", self.stem_width)] + [
             (f"stages[{i}].width", s.width) for i, s in enumerate(self.stages)
         ]:
@@ -150,13 +157,41 @@ class BlocksSpace:
 
     @staticmethod
     def describe(candidate: Candidate) -> str:
-        """One line per candidate, e.g. `stem16 | mbconv×2 w24 k3 e6 | dwsep×1 w48 k5`."""
-        short = {"kernel_size": "k", "expand_ratio": "e"}
+        """One line per candidate, e.g. `stem16 | mbconv×2 w24 k3 e6 | shuffle×1 w48 g4 | fire×2 w64 sq0.25`."""
+        short = {
+            "kernel_size": "k", "expand_ratio": "e", "groups": "g", "squeeze_ratio": "sq", "reduction": "r",
+            "bottleneck_ratio": "b",
+        }
         parts = [f"stem{candidate['stem']['width']}"]
         for st in candidate["stages"]:
             opts = " ".join(f"{short.get(k, k)}{v}" for k, v in st["options"].items())
             parts.append(f"{st['block']}×{st['depth']} w{st['width']} {opts}".strip())
         return " | ".join(parts)
+
+    def units(self, candidate: Candidate) -> list[dict[str, Any]]:
+        """The network's units in order — stem, every block, head, classifier — each with its block name,
+        channels, stride, options and input / output resolution: what a latency table is keyed by."""
+        res = self.image_size
+        out: list[dict[str, Any]] = []
+
+        def add(block: str, cin: int, cout: int, stride: int, options: dict[str, Any]) -> None:
+            nonlocal res
+            out_res = 1 if block == "classifier" else (res - 1) // stride + 1
+            out.append({"block": block, "in_channels": cin, "out_channels": cout, "stride": stride,
+                        "resolution": res, "out_resolution": out_res, "options": dict(options)})
+            res = out_res
+
+        ch = candidate["stem"]["width"]
+        add("stem", candidate["in_channels"], ch, candidate["stem"]["stride"], {"kernel_size": 3})
+        for stage in candidate["stages"]:
+            for i in range(stage["depth"]):
+                add(stage["block"], ch, stage["width"], stage["stride"] if i == 0 else 1, stage["options"])
+                ch = stage["width"]
+        if candidate["head_width"]:
+            add("head", ch, candidate["head_width"], 1, {"kernel_size": 1})
+            ch = candidate["head_width"]
+        add("classifier", ch, candidate["num_classes"], 1, {})
+        return out
 
     def build(self, candidate: Candidate) -> nn.Module:
         """Rebuild the network a candidate describes; equal candidates give equal architectures."""

@@ -1,0 +1,83 @@
+"""How well does a cheap accuracy estimate rank candidates like a long fine-tune does?
+
+Samples candidates, scores each at several fidelities (no fine-tune after adaptive BN where the
+space is a compression space; short, default and long fine-tunes) and reports the Spearman rank
+correlation of each fidelity with the longest one, so the study's default fidelity is chosen on
+evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.results import markdown_table, write_section  # noqa: E402
+from evaluators.train import evaluate, train_model  # noqa: E402
+from search.config import load_config  # noqa: E402
+from search.objective import train_settings  # noqa: E402
+from search.runner import build_context  # noqa: E402
+from spaces import RandomSuggest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def score(ctx, candidate, epochs: float, seed: int) -> float:
+    """Validation accuracy of a candidate after `epochs` of fine-tuning (0: no fine-tune)."""
+    torch.manual_seed(seed)
+    model = ctx.space.build(copy.deepcopy(candidate))
+    prepare = getattr(ctx.space, "prepare_for_training", None)
+    if prepare is not None:
+        prepare(model, ctx.data)
+    if epochs == 0:
+        return evaluate(model, ctx.data.val)
+    settings = train_settings(ctx.config)
+    settings.epochs = epochs
+    return train_model(model, ctx.data, settings, seed=seed).accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "studies/digits_blocks.yaml")
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--fidelities", type=float, nargs="+", default=[0.5, 1, 4, 12],
+                        help="fine-tune epochs per level; the last is the reference")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--quick", action="store_true", help="8 candidates, fidelities 0.5 1 4")
+    args = parser.parse_args()
+    if args.quick:
+        args.candidates, args.fidelities = 8, [0.5, 1, 4]
+    config = load_config(args.recipe, [*args.overrides, "output_dir=/tmp/slimsearch-proxy"])
+    ctx = build_context(config)
+    candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
+    scores: dict[float, list[float]] = {f: [] for f in args.fidelities}
+    cost: dict[float, float] = {f: 0.0 for f in args.fidelities}
+    for i, cand in enumerate(candidates):
+        for f in args.fidelities:
+            t = time.perf_counter()
+            scores[f].append(score(ctx, cand, f, seed=i))
+            cost[f] += time.perf_counter() - t
+        print(f"candidate {i}: " + " ".join(f"{f}ep={scores[f][-1]:.4f}" for f in args.fidelities), flush=True)
+    ref = args.fidelities[-1]
+    rows = []
+    for f in args.fidelities:
+        rho = spearmanr(scores[f], scores[ref]).statistic if f != ref else 1.0
+        rows.append({"fidelity (epochs)": f, "Spearman vs longest": f"{rho:.3f}",
+                     "mean accuracy": f"{sum(scores[f]) / len(scores[f]):.4f}",
+                     "s per candidate": f"{cost[f] / len(candidates):.2f}"})
+    table = markdown_table(rows)
+    print(table)
+    write_section(f"proxy-{args.recipe.stem}", f"Proxy quality: {args.recipe.stem}",
+                  f"{len(candidates)} random candidates of `{args.recipe.relative_to(ROOT)}`, each fine-tuned from "
+                  f"the same start at every fidelity; rank correlation with the {ref}-epoch accuracy.\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()

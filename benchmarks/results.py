@@ -1,0 +1,56 @@
+"""Shared by the benchmark scripts: machine description and one section per benchmark in RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    """CPU model, core count, OS and Python, as one line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it from the repository root."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
+def markdown_table(rows: list[dict[str, object]]) -> str:
+    """A GitHub markdown table from a list of same-keyed dicts."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_section(key: str, title: str, body: str) -> Path:
+    """Replace (or append) the section `key` of RESULTS.md with `body`, stamped with command, machine, date."""
+    stamp = (
+        f"Command: `{command_line()}`  \n"
+        f"Machine: {machine()}  \n"
+        f"Date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
+    )
+    block = f"<!-- {key}:start -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- {key}:end -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by the script named in its command line.\n"
+    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+    return RESULTS

@@ -1,0 +1,196 @@
+"""Latency tables: per-unit latency measured on the user's own engine and device, keyed like Once-for-All's
+latency lookup table (block type, input and output shapes, stride, options), and end-to-end prediction
+from a network's list of units.
+
+A unit is a plain dict: `block`, `in_channels`, `out_channels`, `stride`, `resolution` (input side),
+`out_resolution`, `options`. Timing units one at a time counts each unit's per-call overhead (a session
+run, an input copy) once per unit, while a whole network pays it once, and it misses fusion across unit
+boundaries; so a prediction is `intercept + per_unit × units + scale × Σ unit latencies`, the three
+coefficients fitted by least squares on whole networks measured when the table is built.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from evaluators.latency.base import LatencyBackend, LatencyStats
+
+FORMAT = 1
+
+
+class TableError(ValueError):
+    """A latency table that cannot be used here: unreadable, or measured on another engine, device or setting."""
+
+
+def unit_key(unit: Mapping[str, Any]) -> str:
+    """e.g. `mbconv-input:16x16x24-output:8x8x32-stride:2-expand_ratio:6-kernel_size:3`."""
+    r, o = unit["resolution"], unit["out_resolution"]
+    parts = [
+        unit["block"], f"input:{r}x{r}x{unit['in_channels']}", f"output:{o}x{o}x{unit['out_channels']}",
+        f"stride:{unit['stride']}",
+    ]
+    parts += [f"{k}:{v}" for k, v in sorted(unit["options"].items())]
+    return "-".join(parts)
+
+
+def unit_input_shape(unit: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of the tensor a unit takes."""
+    return (unit["in_channels"], unit["resolution"], unit["resolution"])
+
+
+def measure_unit(
+    backend: LatencyBackend, module: nn.Module, unit: Mapping[str, Any], precision: str = "fp32", batch_size: int = 1,
+) -> LatencyStats:
+    """Time one unit's module alone on `backend`, on an input of the unit's shape."""
+    torch.manual_seed(0)
+    return backend.measure(module.eval(), unit_input_shape(unit), precision, batch_size)
+
+
+@dataclass
+class Correction:
+    """Whole-network latency from unit latencies: `intercept + per_unit × n + scale × Σ units` (ms)."""
+
+    intercept_ms: float = 0.0
+    per_unit_ms: float = 0.0
+    scale: float = 1.0
+    networks: int = 0
+    fit_mape: float | None = None
+
+    def apply(self, units_ms: float, n_units: int) -> float:
+        return self.intercept_ms + self.per_unit_ms * n_units + self.scale * units_ms
+
+
+def fit_correction(units_ms: Sequence[float], n_units: Sequence[int], measured_ms: Sequence[float]) -> Correction:
+    """Least-squares fit of the correction on whole networks (Σ unit latencies, unit count, measured latency).
+
+    With fewer than four networks, or when the free fit would make latency fall as units get slower, the
+    scale is held at 1 and only the intercept and per-unit terms are fitted.
+    """
+    s = np.asarray(units_ms, float)
+    n = np.asarray(n_units, float)
+    y = np.asarray(measured_ms, float)
+    if len(y) == 0:
+        return Correction()
+    if len(y) >= 4:
+        coef = np.linalg.lstsq(np.column_stack([np.ones_like(s), n, s]), y, rcond=None)[0]
+        if coef[2] > 0:
+            corr = Correction(float(coef[0]), float(coef[1]), float(coef[2]), len(y))
+            corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
+            return corr
+    cols = [np.ones_like(s), n] if len(y) >= 2 else [np.ones_like(s)]
+    coef = np.linalg.lstsq(np.column_stack(cols), y - s, rcond=None)[0]
+    corr = Correction(float(coef[0]), float(coef[1]) if len(coef) > 1 else 0.0, 1.0, len(y))
+    corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
+    return corr
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute percentage error of predictions against measurements, in percent."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    return float(np.mean(np.abs(p - m) / m) * 100) if len(m) else math.nan
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    import pandas as pd
+
+    if len(a) < 2:
+        return math.nan
+    return float(pd.Series(list(a)).rank().corr(pd.Series(list(b)).rank()))
+
+
+@dataclass
+class Prediction:
+    """Predicted whole-network latency; `ms` is None when some units are not in the table (`missing`)."""
+
+    ms: float | None
+    units_ms: float
+    n_units: int
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LatencyTable:
+    """Unit latencies from one backend, version, device, precision and batch size, plus the correction."""
+
+    backend: str
+    backend_version: str
+    device: str
+    precision: str
+    batch_size: int
+    threads: int | None = None
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    correction: Correction = field(default_factory=Correction)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_backend(cls, backend: LatencyBackend, precision: str, batch_size: int, **meta: Any) -> "LatencyTable":
+        """An empty table stamped with where its numbers come from."""
+        return cls(backend.name, backend.version(), backend.device(), precision, batch_size,
+                   getattr(backend, "threads", None), meta={"created": dt.datetime.now().isoformat(timespec="seconds"),
+                                                            **meta})
+
+    def add(self, unit: Mapping[str, Any], stats: LatencyStats) -> None:
+        self.entries[unit_key(unit)] = {
+            "median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "cv": stats.cv, "unit": dict(unit),
+        }
+
+    def lookup(self, unit: Mapping[str, Any]) -> float | None:
+        """The unit's median latency in ms, or None when it was not measured."""
+        entry = self.entries.get(unit_key(unit))
+        return None if entry is None else float(entry["median_ms"])
+
+    def predict(self, units: Sequence[Mapping[str, Any]]) -> Prediction:
+        """Whole-network latency: the corrected sum of the units' table latencies."""
+        total, missing = 0.0, []
+        for unit in units:
+            ms = self.lookup(unit)
+            if ms is None:
+                missing.append(unit_key(unit))
+            else:
+                total += ms
+        ms_pred = None if missing else max(self.correction.apply(total, len(units)), 0.0)
+        return Prediction(ms_pred, total, len(units), missing)
+
+    def check_matches(self, backend: LatencyBackend, precision: str, batch_size: int, source: str = "table") -> None:
+        """Refuse a table measured with another backend, version, device, precision or batch size."""
+        mine = {"backend": backend.name, "backend_version": backend.version(), "device": backend.device(),
+                "precision": precision, "batch_size": batch_size}
+        theirs = {k: getattr(self, k) for k in mine}
+        diff = [f"{k} {theirs[k]!r} (here: {mine[k]!r})" for k in mine if theirs[k] != mine[k]]
+        if diff:
+            raise TableError(
+                f"{source} was measured with {', '.join(diff)}; latencies from another engine or device do not "
+                "predict this one: build a table here with `slimsearch lut build`"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format": FORMAT, **asdict(self)}
+        path.write_text(json.dumps(data, indent=1, sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table written by `save`; a missing or malformed file is a TableError naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise TableError(f"{path}: no such latency table; build one with `slimsearch lut build STUDY.yaml`")
+        try:
+            data = json.loads(path.read_text())
+            if data.pop("format", None) != FORMAT:
+                raise ValueError(f"expected format {FORMAT}")
+            data["correction"] = Correction(**data["correction"])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TableError(f"{path}: not a latency table written by `slimsearch lut build` ({exc})") from None

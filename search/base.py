@@ -1,0 +1,155 @@
+"""The base network of a compression study: built by name, trained once (cached in the run directory) or
+loaded from a checkpoint, and measured once (accuracy, cost, latency) into the study's `base` attribute."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import torch
+import torch.nn as nn
+
+from evaluators.cost import measure_cost
+from evaluators.data import DataBundle
+from evaluators.latency import LatencyBackend
+from evaluators.train import TrainSettings, evaluate, train_model
+from search.config import StudyConfig
+from search.errors import UsageError
+from spaces.compress import CompressError, build_model, load_checkpoint, prunable_groups
+
+BASE_FILE = "base.pt"
+CALIBRATION_IMAGES = 64
+
+
+@dataclass
+class PreparedBase:
+    """A trained base network, where its weights are, and a labelled batch for gradient-based importance."""
+
+    model: nn.Module
+    checkpoint: Path
+    calibration: tuple[torch.Tensor, torch.Tensor]
+
+
+def has_base(config: StudyConfig) -> bool:
+    """Whether the recipe's space compresses a base network."""
+    return getattr(config.space, "base", None) is not None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file, so worker processes of one study train the base once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _provenance(config: StudyConfig, data: DataBundle) -> dict[str, Any]:
+    spec = config.space.base
+    return {"model": spec.model, "kwargs": spec.kwargs, "dataset": data.name, "image_size": data.image_size,
+            "epochs": spec.epochs, "lr": spec.lr, "seed": config.seed}
+
+
+def base_settings(config: StudyConfig) -> TrainSettings:
+    """The base's training: the recipe's `train:` settings with the base's epochs and learning rate, on every
+    training image (`max_train_samples` limits candidates' fine-tunes only), no teacher."""
+    fields = config.train.model_dump(
+        exclude={"threads", "bn_batches", "kd_alpha", "kd_temperature", "max_train_samples"}
+    )
+    return dataclasses.replace(TrainSettings(**fields), epochs=config.space.base.epochs, lr=config.space.base.lr)
+
+
+def _train_or_load(config: StudyConfig, data: DataBundle, model: nn.Module) -> Path:
+    """Load `runs/NAME/base.pt`, or train the base and write it there (atomically) first."""
+    path = config.run_dir / BASE_FILE
+    wanted = _provenance(config, data)
+    with _locked(config.run_dir / "base.lock"):
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("provenance") != wanted:
+                raise UsageError(
+                    f"{path} holds a base trained as {saved.get('provenance')}, but the recipe asks for {wanted}; "
+                    "delete it or start a new study (--set name=...)"
+                )
+            load_checkpoint(model, path)
+            return path
+        train_model(model, data, base_settings(config), seed=config.seed)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"state_dict": model.state_dict(), "provenance": wanted}, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def calibration_batch(
+    data: DataBundle, seed: int, images: int = CALIBRATION_IMAGES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, normalized, labelled batch of training images (Taylor importance needs gradients)."""
+    return next(data.train.subset(images, seed).batches(images))
+
+
+def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
+    """Build the recipe's base network for `data`, with its checkpoint or trained in the study (cached)."""
+    spec = config.space.base
+    torch.manual_seed(config.seed)  # the base's initial weights, so the same recipe trains the same base
+    try:
+        model = build_model(
+            spec.model, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
+            kwargs=spec.kwargs,
+        )
+        if config.space.keep[0] < 1:  # refuse a network that cannot be pruned before training it
+            prunable_groups(model, torch.zeros(1, *data.input_shape), config.space.exclude)
+        if spec.checkpoint:
+            path = Path(spec.checkpoint)
+            load_checkpoint(model, path)
+        else:
+            path = _train_or_load(config, data, model)
+    except CompressError as exc:
+        raise UsageError(f"space.base: {exc}") from None
+    return PreparedBase(model.eval(), path, calibration_batch(data, config.seed))
+
+
+def space_inputs(config: StudyConfig, data: DataBundle) -> dict[str, Any]:
+    """Extra constructor arguments of the recipe's space: the prepared base for a compression space."""
+    if not has_base(config):
+        return {}
+    base = prepare_base(config, data)
+    return {"base": base.model, "checkpoint": base.checkpoint, "calibration": base.calibration}
+
+
+def measure_base(
+    config: StudyConfig, data: DataBundle, backend: LatencyBackend, base: nn.Module, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """The base's accuracy (validation, as candidates are scored), MACs, FLOPs, params and fp32 latency."""
+    val = data.val.subset(config.train.max_eval_samples, config.seed)
+    cost = measure_cost(base, data.input_shape)
+    stats = backend.measure(base, data.input_shape, "fp32", config.latency.batch_size)
+    return {
+        **spec, "accuracy": evaluate(base, val), "latency_ms": stats.median_ms, **cost.as_dict(),
+        "latency": {k: v for k, v in stats.as_dict().items() if k != "extra"},
+    }
+
+
+def recorded_base(
+    study: optuna.Study, config: StudyConfig, data: DataBundle, backend: LatencyBackend, base: nn.Module,
+    spec: dict[str, Any],
+) -> dict[str, Any]:
+    """The study's `base` attribute, measured and stored by the first trial that needs it."""
+    record = study.user_attrs.get("base")
+    if record is None:
+        record = measure_base(config, data, backend, base, spec)
+        study.set_user_attr("base", record)
+    elif record.get("sha256") != spec.get("sha256"):
+        raise UsageError(
+            f"study {study.study_name!r} compresses base weights {str(record.get('sha256'))[:12]}…, not these "
+            f"({spec.get('checkpoint')}); start a new study (--set name=...)"
+        )
+    return record

@@ -1,0 +1,74 @@
+"""The model card of an export: card.json (everything measured) and card.md (the same, for people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**NO**"
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """card.md: a short table of what the export measured and how to load it."""
+    acc, lat, cost, onnx, trt = card["accuracy"], card["latency"], card["cost"], card["onnx"], card["tensorrt"]
+    shape = "×".join(str(d) for d in card["input_shape"])
+    at = "PyTorch" if acc["precision"] == "fp32" else f"{acc['precision']} in ONNX Runtime"
+    validation = (f"{acc['validation']:.4f} on {acc['validation_images']} images ({at}); the search measured "
+                  f"{acc['search']:.4f}, and the stored weights give the same within ±1 image "
+                  f"({acc['tolerance']:.4f}): {_yes(acc['matches_search'])}")
+    if acc["fine_tune_epochs"]:
+        validation += (f"; after {acc['fine_tune_epochs']:g} more epoch(s) of fine-tuning "
+                       f"(from {acc['before_fine_tune']:.4f})")
+    low_precision = ""
+    if "at_precision" in onnx:
+        low_precision = f"; {onnx['at_precision']}: the same network at {lat['precision']}"
+    rows = [
+        ("dataset", f"{card['dataset']}, input {shape}, {card['num_classes']} classes"),
+        ("accuracy, validation", validation),
+        ("accuracy, test", f"{acc['test']:.4f} on {acc['test_images']} held-out images ({at})"),
+        ("latency", f"{lat['median_ms']:.4f} ms median (p90 {lat['p90_ms']:.4f} ms, {lat['runs']} runs), "
+                    f"{lat['backend']} {lat['backend_version']} on {lat['device']}, {lat['precision']}, "
+                    f"batch {lat['batch_size']}; the search measured {lat['search_median_ms']:.4f} ms"),
+        ("FLOPs / MACs / params", f"{_si(cost['flops'])} / {_si(cost['macs'])} / {_si(cost['params'])}"),
+        ("ONNX", f"{onnx['file']}, opset {onnx['opset']}, dynamic batch; max abs difference from PyTorch "
+                 f"{onnx['max_abs_diff']:.2e} over {onnx['checked_images']} images (tolerance "
+                 f"{onnx['tolerance']:.0e}): {_yes(onnx['matches'])}" + low_precision),
+        ("TensorRT", trt.get("note") or f"{trt['file']}, {trt['precision']}, batch {trt['batch_size']}, "
+                     f"{trt['median_ms']:.4f} ms median on {trt['device']} (TensorRT {trt['backend_version']})"),
+    ]
+    base = card.get("versus_base")
+    if base:
+        parts = [f"{k.replace('_', ' ')} {v:.3f}" for k, v in base.items() if k != "base"]
+        rows.append(("versus base", ", ".join(parts)))
+    lines = [
+        f"# {card['study']}, trial #{card['trial']}",
+        "",
+        f"Chosen by `{card['chosen_by']}`. Architecture: `{card['description'] or json.dumps(card['candidate'])}`.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "All numbers were measured again at export. Files: " + ", ".join(f"`{f}`" for f in card["files"]) + ".",
+        "",
+        "Load the PyTorch model: `search.export.rebuild(DIR)` (the recipe's space builds `candidate.json`, "
+        "then `model.pt`, a state_dict, is loaded into it).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(card: dict[str, Any], out: Path) -> None:
+    """Write card.json and card.md into the export directory."""
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    (out / "card.md").write_text(render_markdown(card))

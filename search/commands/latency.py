@@ -1,0 +1,167 @@
+"""`slimsearch latency`: time one ONNX model, or candidates of a recipe, on a latency backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evaluators.latency import PRECISIONS, LatencyStats, UnsupportedRequest
+from evaluators.latency.base import onnx_input_dims
+from evaluators.onnx_export import ExportError
+from evaluators.precision import PrecisionError
+from search.commands.common import console
+from search.config import LatencyConfig, StudyConfig, load_config
+from search.errors import UsageError
+from search.executors.lock import MachineLock
+from search.lut import sample_candidates
+from search.runner import build_space, make_backend, recipe_data
+from search.study import open_study
+from spaces import get_space
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency", help="measure the latency of an ONNX model, or of candidates of a recipe, on a backend",
+        description="Time one ONNX model, or candidates of a study recipe (sampled, or a trial of its run), on a "
+        "latency backend. Backend, precision, batch size and threads default to the recipe's latency section.",
+    )
+    p.add_argument("target", type=Path, help="MODEL.onnx, or a study recipe STUDY.yaml")
+    p.add_argument("--backend", help="auto, onnxruntime, tensorrt or torch (default: the recipe's, else auto)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: the recipe's, else fp32")
+    p.add_argument("--input-shape", metavar="C,H,W", help="input of one image (default: the ONNX input / the data)")
+    p.add_argument("--batch-size", type=int, help="images per run (default: the ONNX batch / the recipe's)")
+    p.add_argument("--threads", type=int, help="CPU threads of the engine (default: the recipe's, else 1)")
+    p.add_argument("--max-seconds", type=float, help="time cap of the timed runs of one model")
+    p.add_argument("--candidates", type=int, default=1, metavar="N", help="recipe: measure N sampled candidates")
+    p.add_argument("--seed", type=int, default=0, help="recipe: seed of the first sampled candidate")
+    p.add_argument("--trial", type=int, metavar="N", help="recipe: measure trial N of the recipe's run instead")
+    p.add_argument("--num-classes", type=int, default=10, help="recipe with --input-shape: classifier outputs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe: override a recipe key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of the measurements instead of a table")
+    p.set_defaults(func=run)
+
+
+def parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    """`C,H,W` as a tuple of three positive ints; anything else is a UsageError."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"--input-shape {text!r}: expected C,H,W with three positive integers, e.g. 3,224,224")
+    return shape  # type: ignore[return-value]
+
+
+def onnx_input(path: Path) -> list[int | None]:
+    """The first input's dimensions (None where symbolic); an unreadable file is a UsageError."""
+    try:
+        return onnx_input_dims(path)
+    except Exception as exc:  # onnx raises DecodeError, IndexError, OSError, ... for a bad file
+        raise UsageError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def latency_settings(args: argparse.Namespace, base: LatencyConfig) -> LatencyConfig:
+    """The recipe's (or default) latency section with the command-line flags applied."""
+    update = {k: v for k, v in {
+        "backend": args.backend, "precision": args.precision, "batch_size": args.batch_size, "threads": args.threads,
+        "max_seconds": args.max_seconds,
+    }.items() if v is not None}
+    try:
+        return LatencyConfig.model_validate({**base.model_dump(), **update})
+    except ValueError as exc:
+        raise UsageError(f"bad latency setting: {exc}") from None
+
+
+def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
+    dims = onnx_input(args.target)
+    if len(dims) != 4:
+        raise UsageError(f"{args.target}: expected an image model with a 4-d input (N, C, H, W), got {len(dims)}-d")
+    shape = parse_shape(args.input_shape) or (tuple(dims[1:]) if None not in dims[1:] else None)
+    if shape is None:
+        raise UsageError(f"{args.target}: its input shape is not fixed ({dims}); pass --input-shape C,H,W")
+    batch = args.batch_size or dims[0] or 1
+    lat = latency_settings(args, LatencyConfig())
+    lat = lat.model_copy(update={"batch_size": batch})
+    backend = make_backend(lat)
+    with MachineLock().measuring():
+        return [(str(args.target), backend.measure(args.target, shape, lat.precision, lat.batch_size))]
+
+
+def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[tuple[str, Any]], tuple[int, int, int]]:
+    """(label, nn.Module) pairs to time, and the input shape of one image."""
+    shape = parse_shape(args.input_shape)
+    if shape is None:
+        data = recipe_data(config)
+        space = build_space(config, data)
+        shape = data.input_shape
+    else:
+        if config.space.type != "blocks":
+            raise UsageError(f"--input-shape works with blocks recipes; a {config.space.type!r} space is built for "
+                             "its data's image size (leave --input-shape out)")
+        if shape[1] != shape[2]:
+            raise UsageError(f"--input-shape {args.input_shape}: a recipe's networks take square images (H = W)")
+        space = get_space(config.space.type)(config.space, in_channels=shape[0], num_classes=args.num_classes,
+                                             image_size=shape[1])
+    describe = getattr(space, "describe", None)
+    if args.trial is not None:
+        _, study = open_study(config.run_dir)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        if args.trial not in trials or "candidate" not in trials[args.trial].user_attrs:
+            raise UsageError(f"{config.run_dir}: no trial {args.trial} with a candidate")
+        candidate = trials[args.trial].user_attrs["candidate"]
+        if args.input_shape:
+            candidate = {**candidate, "in_channels": shape[0]}
+        label = f"trial {args.trial}: {describe(candidate) if describe else candidate}"
+        return [(label, space.build(candidate))], shape
+    if args.candidates < 1:
+        raise UsageError(f"--candidates {args.candidates}: expected at least 1")
+    models = []
+    for i, candidate in enumerate(sample_candidates(space, args.candidates, args.seed)):
+        label = f"seed {args.seed + i}: {describe(candidate) if describe else candidate}"
+        models.append((label, space.build(candidate)))
+    return models, shape
+
+
+def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
+    config = load_config(args.target, args.overrides)
+    lat = latency_settings(args, config.latency)
+    models, shape = recipe_models(args, config)
+    backend = make_backend(lat, config.run_dir / "tensorrt")
+    out = []
+    with MachineLock().measuring():
+        for label, model in models:
+            torch.manual_seed(0)
+            out.append((label, backend.measure(model, shape, lat.precision, lat.batch_size)))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.target.is_file():
+        raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")
+    try:
+        results = measure_onnx(args) if args.target.suffix == ".onnx" else measure_recipe(args)
+    except (UnsupportedRequest, PrecisionError, ExportError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([{"model": label, **stats.as_dict()} for label, stats in results], indent=1))
+        return 0
+    from rich.table import Table
+
+    first = results[0][1]
+    table = Table(title=f"{first.backend} {first.backend_version} on {first.device}, {first.precision}, "
+                        f"batch {first.batch_size}", title_justify="left")
+    for col in ("median ms", "p90 ms", "p99 ms", "CV", "runs", "build s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    for label, s in results:
+        table.add_row(f"{s.median_ms:.4f}", f"{s.p90_ms:.4f}", f"{s.p99_ms:.4f}", f"{s.cv:.3f}", str(s.runs),
+                      f"{s.build_seconds:.2f}", label)
+    console.print(table)
+    return 0

@@ -1,0 +1,54 @@
+"""Recipe constraints (max latency, max params, min accuracy): which trials are feasible.
+
+A trial sets one Optuna constraint per recipe limit (`Trial.set_constraint`, which TPE and NSGA-II
+read to steer away from infeasible regions — Optuna 5's replacement of `constraints_func`), and
+records the same values as user attr `constraints` and the verdict as `feasible`, which the front,
+the reports and optuna-dashboard read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import optuna
+
+from search.config import ConstraintsConfig
+
+NAMES = ("latency_ms", "params", "accuracy")
+
+
+def active(cfg: ConstraintsConfig) -> list[str]:
+    """The names of the constraints the recipe sets, in a fixed order."""
+    return [name for name in NAMES if getattr(cfg, name) is not None]
+
+
+def violations(cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float, params: int) -> dict[str, float]:
+    """One value per set constraint, ≤ 0 when it is met: relative excess for latency and params
+    ((value - limit) / limit), and the shortfall for accuracy (limit - accuracy)."""
+    out: dict[str, float] = {}
+    if cfg.latency_ms is not None:
+        out["latency_ms"] = (latency_ms - cfg.latency_ms) / cfg.latency_ms
+    if cfg.params is not None:
+        out["params"] = (params - cfg.params) / cfg.params
+    if cfg.accuracy is not None:
+        out["accuracy"] = cfg.accuracy - accuracy
+    return out
+
+
+def record(trial: optuna.Trial, cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float, params: int) -> bool:
+    """Set the constraints on a running trial (for the sampler) and store them with the verdict as user
+    attrs `constraints` and `feasible`; no-op without constraints. Returns whether the trial is feasible."""
+    if not active(cfg):
+        return True
+    values = violations(cfg, accuracy=accuracy, latency_ms=latency_ms, params=params)
+    for name, value in values.items():
+        trial.set_constraint(name, value)
+    feasible = all(v <= 0 for v in values.values())
+    trial.set_user_attr("constraints", values)
+    trial.set_user_attr("feasible", feasible)
+    return feasible
+
+
+def is_feasible(user_attrs: Mapping[str, Any]) -> bool:
+    """Whether a trial met the recipe's constraints (trials of unconstrained studies always do)."""
+    return bool(user_attrs.get("feasible", True))

@@ -1,0 +1,106 @@
+"""The frozen recipe of a run directory: written once, compared with the recipe on every resume.
+
+Only the keys in `MAY_CHANGE_ON_RESUME` (how long to search, how to run it) may differ; any other
+change would mix results of two different studies, so it is refused with the difference named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.config import StudyConfig, validate_config
+from search.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"search.trials", "search.timeout", "search.max_consecutive_failures", "search.heartbeat_interval"}
+)
+IDENTITY = frozenset({"name", "output_dir"})  # they locate the run directory, so they match by construction
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts and lists as `{dotted.key: leaf}` (list items are numbered: `space.stages.1.width`)."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list) and data and all(isinstance(v, (dict, list)) for v in data):
+        items = ((str(i), v) for i, v in enumerate(data))
+    else:
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def differences(frozen: dict[str, Any], recipe: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """`{key: (frozen value, recipe value)}` for every leaf that differs."""
+    a, b = flatten(frozen), flatten(recipe)
+    missing = object()
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            out[key] = (None if va is missing else va, None if vb is missing else vb)
+    return out
+
+
+def _show(value: Any) -> str:
+    if not isinstance(value, str):
+        return json.dumps(value)
+    return display_url(value) if "://" in value else value
+
+
+def display_url(url: str) -> str:
+    """A storage URL safe to print: any password replaced by ***."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def frozen_form(config: StudyConfig, storage: str) -> dict[str, Any]:
+    """What is written to config.yaml: the resolved recipe with its storage URL."""
+    data = config.dump()
+    data["storage"] = storage
+    return data
+
+
+def write_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write YAML through a temporary file, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def check_and_freeze(config: StudyConfig, storage: str) -> Path:
+    """Freeze the recipe into a new run directory, or check it against the frozen one of an existing
+    directory: keys that may change on resume are updated, any other difference is a ConfigError."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    path = config.run_dir / CONFIG_FILE
+    mine = frozen_form(config, storage)
+    if not path.is_file():
+        write_atomically(path, mine)
+        return path
+    try:
+        frozen = validate_config(yaml.safe_load(path.read_text()), str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path} no longer validates, so this study cannot be resumed: {exc}") from None
+    theirs = frozen_form(frozen, frozen.storage or storage)
+    changed = {k: v for k, v in differences(theirs, mine).items() if k.split(".")[0] not in IDENTITY}
+    refused = {k: v for k, v in changed.items() if k not in MAY_CHANGE_ON_RESUME}
+    if refused:
+        lines = [f"{key}: {_show(old)} in {path}, {_show(new)} in the recipe" for key, (old, new) in refused.items()]
+        raise ConfigError(
+            f"the recipe differs from the study in {config.run_dir}:\n  " + "\n  ".join(lines)
+            + f"\nresume with the same recipe, or start a new study with --set name={config.name}-2"
+        )
+    if changed:
+        write_atomically(path, {**mine, **{k: theirs[k] for k in IDENTITY}})
+    return path

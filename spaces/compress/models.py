@@ -1,0 +1,128 @@
+"""Base networks by name: any torchvision classification model, or any `module:callable`, with a checkpoint."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from spaces.compress.errors import CompressError
+
+# Builder arguments that make a torchvision model usable here: no auxiliary training heads (their
+# inputs would be pruned without them), and ViTs sized for the images they are given.
+_TORCHVISION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+
+
+def torchvision_names() -> list[str]:
+    """Every torchvision classification model name."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def torchvision_model(name: str, num_classes: int, image_size: int, kwargs: dict[str, Any]) -> nn.Module:
+    """torchvision model `name` with random weights (nothing is downloaded) and `num_classes` outputs."""
+    import torchvision
+
+    names = torchvision_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
+        raise CompressError(f"unknown torchvision classification model {name!r}{hint}")
+    args: dict[str, Any] = dict(_TORCHVISION_DEFAULTS.get(name, {}))
+    if name.startswith("vit_"):
+        args["image_size"] = image_size
+    args.update(kwargs)
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **args)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise CompressError(f"base model 'torchvision:{name}' with arguments {args}: {exc}") from None
+
+
+def callable_model(
+    target: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Call `package.module:callable`, passing num_classes / in_channels / image_size where it takes them."""
+    module_name, _, attr = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CompressError(f"base model {target!r}: cannot import it ({exc})") from None
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    args = {k: v for k, v in offered.items() if takes_any or k in params}
+    args.update(kwargs)
+    try:
+        model = fn(**args)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise CompressError(f"base model {target!r} with arguments {args}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise CompressError(f"base model {target!r} returned {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def adapt_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
+    """Replace the first 3-channel convolution by one taking `in_channels` (freshly initialized)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3 and module.groups == 1:
+            conv = nn.Conv2d(
+                in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, 1, module.bias is not None, module.padding_mode,
+            )
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, conv)
+            return model
+    raise CompressError(f"cannot adapt the model to {in_channels} input channels: it has no 3-channel Conv2d")
+
+
+def build_model(
+    name: str, *, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """A base network from `torchvision:NAME` or `package.module:callable`, random weights, for this data."""
+    kwargs = dict(kwargs or {})
+    prefix, sep, rest = name.partition(":")
+    if not sep or not prefix or not rest:
+        raise CompressError(f"base model {name!r}: expected 'torchvision:NAME' or 'package.module:callable'")
+    if prefix == "torchvision":
+        model = torchvision_model(rest, num_classes, image_size, kwargs)
+        if in_channels != 3:
+            adapt_in_channels(model, in_channels)
+    else:
+        model = callable_model(name, in_channels, num_classes, image_size, kwargs)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict (bare, or under a `state_dict` / `model` key) from `path` into `model`, strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"checkpoint {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CompressError(f"checkpoint {path} does not fit the base model: {exc}") from None
+    return model
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, shapes, dtypes and values): identifies the base weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()

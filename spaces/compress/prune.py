@@ -1,0 +1,242 @@
+"""Structured channel pruning on Torch-Pruning's dependency graph: groups named, ranked and physically cut.
+
+A *group* is every weight slice tied to one set of channels: a conv's outputs with its BatchNorm, the
+inputs of every consumer, the other branches of a residual add, the slices of a concat, the
+channels of a depthwise conv. Each group is named after its first conv or linear layer (in module
+order) and pruned to `keep` of its channels, rounded to a multiple of `round_to`. Groups that reach
+the network's output (the classifier), or cross a channel shuffle, a channel split or slice (sizes
+written in the code), are kept whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.pruner import function
+
+from spaces.compress.errors import CompressError
+from spaces.compress.importance import Scorer
+from spaces.compress.shuffle import ChannelShuffle, shuffles_as_gather
+
+ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+_KNOWN_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+                 nn.Embedding, nn.PReLU)
+
+
+class _ShufflePruner(function.BasePruningFunc):
+    """Torch-Pruning handler for ChannelShuffle: it couples the channels on both sides; never pruned itself."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        raise CompressError("a group crossing a channel shuffle cannot be pruned")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> None:
+        return None
+
+    def get_in_channels(self, layer: nn.Module) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """One prunable group: its name, channels (in `channel_groups` equal groups), stage and layers."""
+
+    name: str
+    channels: int
+    channel_groups: int
+    stage: str
+    layers: tuple[str, ...]
+
+
+def kept_channels(channels: int, channel_groups: int, keep: float, round_to: int) -> int:
+    """Channels left of `channels` at ratio `keep`: a multiple of `round_to` (never below it), equal in
+    every channel group; all of them when `keep` >= 1 or the group is too small to round."""
+    per_group = channels // channel_groups
+    step = max(1, round_to // math.gcd(round_to, channel_groups))
+    if keep >= 1 or per_group <= step:
+        return channels
+    k = int(math.floor(keep * per_group / step + 0.5)) * step
+    return min(max(k, step), per_group) * channel_groups
+
+
+@dataclass
+class Probe:
+    """What one eval-mode forward pass shows: layers called, conv / linear output resolutions, output layers."""
+
+    called: set[nn.Module]
+    stages: dict[nn.Module, str]
+    output_layers: set[nn.Module]
+
+
+def probe(model: nn.Module, example_input: torch.Tensor) -> Probe:
+    """Run `model` once on `example_input` with hooks on every layer holding parameters (and every conv / linear)."""
+    called: set[nn.Module] = set()
+    stages: dict[nn.Module, str] = {}
+    produced: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        called.add(module)
+        if isinstance(module, ROOT_TYPES) and isinstance(output, torch.Tensor):
+            stages[module] = "x".join(str(s) for s in output.shape[2:]) if output.dim() > 2 else "flat"
+            produced.append((module, output))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if isinstance(m, ROOT_TYPES) or any(True for _ in m.parameters(recurse=False))]
+    try:
+        with torch.no_grad():
+            out = model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+    return Probe(called, stages, {m for m, o in produced if any(o is t for t in outs)})
+
+
+def check_supported(model: nn.Module, seen: Probe) -> None:
+    """Refuse, naming the layer, what channel pruning cannot keep consistent: attention, token-mixing
+    parameters (positional embeddings, position-bias tables) and layers the forward pass never calls."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            raise CompressError(
+                f"cannot prune layer '{name}' (MultiheadAttention): attention layers are not supported; "
+                "channel pruning here is for convolutional networks (low-rank factorization still applies)"
+            )
+        if isinstance(module, _KNOWN_LAYERS):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if sum(1 for s in p.shape if s > 1) > 1:
+                raise CompressError(
+                    f"cannot prune layer '{name or type(module).__name__}' ({type(module).__name__}): its parameter "
+                    f"'{pname}' of shape {tuple(p.shape)} mixes tokens or positions (an embedding or a position "
+                    "bias table); channel pruning here is for convolutional networks"
+                )
+    for name, module in model.named_modules():
+        if module not in seen.called and any(True for _ in module.parameters(recurse=False)):
+            raise CompressError(
+                f"cannot prune layer '{name}' ({type(module).__name__}): the forward pass (eval mode) never calls "
+                "it, so its weights are used functionally or only in training (an auxiliary head?); remove it "
+                "or build the model without it"
+            )
+
+
+class ChannelGraph:
+    """The dependency graph of one model and its prunable groups; `plan` ranks channels, `apply` cuts them."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, exclude: tuple[str, ...] = ()) -> None:
+        seen = probe(model, example_input)
+        check_supported(model, seen)
+        self.model = model
+        with shuffles_as_gather(model):
+            self.graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, verbose=False,
+                customized_pruners={ChannelShuffle: _ShufflePruner()},
+            )
+        self._unmap_splits()
+        self.output_layers = seen.output_layers
+        self.kept_whole: dict[str, str] = {}
+        self._groups: list[tuple[PrunableGroup, nn.Module, object, tp.Group]] = []
+        order = {m: i for i, m in enumerate(model.modules())}
+        names = {m: n for n, m in model.named_modules()}
+        stages = seen.stages
+        in_groups, out_groups = self._channel_groups()
+        for group in self.graph.get_all_groups(root_module_types=ROOT_TYPES):
+            layers = sorted(
+                {d.target.module for d, _ in group
+                 if isinstance(d.target.module, ROOT_TYPES) and self.graph.is_out_channel_pruning_fn(d.handler)},
+                key=order.__getitem__,
+            )
+            if not layers:
+                continue
+            layer_names = tuple(names[m] for m in layers)
+            name = layer_names[0]
+            reason = self._whole_reason(group, exclude, layer_names)
+            if reason:
+                self.kept_whole[name] = reason
+                continue
+            root, handler = group[0].dep.target.module, group[0].dep.handler
+            channel_groups = max(
+                [(out_groups if self.graph.is_out_channel_pruning_fn(d.handler) else in_groups).get(d.target.module, 1)
+                 for d, _ in group]
+            )
+            channels = len(group[0].idxs)
+            info = PrunableGroup(name, channels, channel_groups, stages.get(layers[0], "flat"), layer_names)
+            self._groups.append((info, root, handler, group))
+        self._groups.sort(key=lambda g: order[model.get_submodule(g[0].name)])
+
+    def _unmap_splits(self) -> None:
+        """Groups crossing a channel split are kept whole, so their index mapping is not needed; Torch-Pruning's
+        mapping for `chunk` can index past its offsets (ShuffleNet), so it is switched off."""
+        for node in self.graph.module2node.values():
+            if node.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
+                node.enable_index_mapping = False
+                for other in [node, *node.inputs, *node.outputs]:
+                    for dep in other.dependencies:
+                        if dep.source is node or dep.target is node:
+                            dep.index_mapping[0] = None
+
+    @property
+    def groups(self) -> list[PrunableGroup]:
+        """The prunable groups, in module order of the layers they are named after."""
+        return [g[0] for g in self._groups]
+
+    def _channel_groups(self) -> tuple[dict[nn.Module, int], dict[nn.Module, int]]:
+        """Grouped convolutions (and group norms): channels must go in equal numbers from every group."""
+        ins: dict[nn.Module, int] = {}
+        outs: dict[nn.Module, int] = {}
+        for m in self.model.modules():
+            pruner = self.graph.get_pruner_of_module(m)
+            if pruner is None or (isinstance(m, tp.ops.TORCH_CONV) and m.groups == m.out_channels):
+                continue
+            if pruner.get_in_channel_groups(m) > 1:
+                ins[m] = pruner.get_in_channel_groups(m)
+            if pruner.get_out_channel_groups(m) > 1:
+                outs[m] = pruner.get_out_channel_groups(m)
+        return ins, outs
+
+    def _whole_reason(self, group: tp.Group, exclude: tuple[str, ...], layer_names: tuple[str, ...]) -> str:
+        """Why a group must keep all its channels ('' when it may be pruned)."""
+        if set(exclude) & set(layer_names):
+            return "excluded"
+        for dep, _ in group:
+            node = dep.target
+            if node.type == tp.ops.OPTYPE.OUTPUT or (
+                node.module in self.output_layers and self.graph.is_out_channel_pruning_fn(dep.handler)
+            ):
+                return "reaches the network output"
+            if isinstance(node.module, ChannelShuffle):
+                return "crosses a channel shuffle"
+            if node.type == tp.ops.OPTYPE.UNBIND:
+                return "crosses an unbind"
+            if node.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE):
+                if getattr(node.grad_fn, "_saved_dim", 1) in (1, -3):
+                    return "crosses a channel split or slice"
+        return ""
+
+    def plan(
+        self, keep: Mapping[str, float], importance: Scorer, round_to: int
+    ) -> list[tuple[PrunableGroup, nn.Module, object, list[int]]]:
+        """Which channels each group loses: its lowest-scored, equally from each channel group."""
+        plans = []
+        for info, root, handler, group in self._groups:
+            ratio = float(keep.get(info.name, 1.0))
+            kept = kept_channels(info.channels, info.channel_groups, ratio, round_to)
+            if kept >= info.channels:
+                continue
+            scores = importance(group).detach().float().cpu()
+            per_group = info.channels // info.channel_groups
+            mean = scores.view(info.channel_groups, per_group).mean(0)
+            drop = torch.argsort(mean, stable=True)[: per_group - kept // info.channel_groups]
+            idxs = torch.cat([drop + g * per_group for g in range(info.channel_groups)]).sort().values
+            plans.append((info, root, handler, idxs.tolist()))
+        return plans
+
+    def apply(self, plans: list[tuple[PrunableGroup, nn.Module, object, list[int]]]) -> None:
+        """Physically remove the planned channels, group after group."""
+        for _, root, handler, idxs in plans:
+            self.graph.get_pruning_group(root, handler, idxs).prune()

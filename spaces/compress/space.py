@@ -1,0 +1,186 @@
+"""The `compress` space (AMC-style): per prunable group, how much to keep; per layer, which rank; which precision.
+
+A candidate is plain JSON — keep ratios by group, rank ratios by layer, importance criterion,
+precision, and the base it applies to (model, checkpoint, SHA-256 of its weights) — and
+`build(candidate)` cuts the same network from the same base weights anywhere.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from spaces.compress.compress import compress, factorizable_layers, prunable_groups
+from spaces.compress.errors import CompressError
+from spaces.compress.lowrank import factorized_params, rank_for
+from spaces.compress.models import build_model, fingerprint, load_checkpoint
+from spaces.registry import Candidate, register_space
+from spaces.suggest import Suggest
+
+
+class BaseNetworkConfig(BaseModel):
+    """The trained network to compress: a model by name, and its weights (a checkpoint, or trained in the study)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="torchvision:NAME (random init, no download) or package.module:callable")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the model constructor")
+    checkpoint: str | None = Field(None, description="state dict to start from; null: the study trains the base")
+    epochs: float = Field(10.0, gt=0, description="training of the base when there is no checkpoint")
+    lr: float = Field(0.1, gt=0, description="peak learning rate of the base training")
+
+
+def _check_range(value: tuple[float, float], step: float | None) -> None:
+    low, high = value
+    if not 0 < low <= high <= 1:
+        raise ValueError("expected low, high with 0 < low <= high <= 1")
+    n = (high - low) / step if step else 0
+    if abs(n - round(n)) > 1e-6:
+        raise ValueError(f"high - low ({high - low:g}) must be a multiple of its step ({step:g})")
+
+
+class CompressSpaceConfig(BaseModel):
+    """Recipe section `space:` for `type: compress`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["compress"] = "compress"
+    base: BaseNetworkConfig
+    granularity: Literal["group", "stage", "global"] = Field(
+        "group", description="one keep (and rank) ratio per prunable group / per stage (resolution) / for all"
+    )
+    keep_step: float = Field(0.05, gt=0)
+    keep: tuple[float, float] = Field((0.2, 1.0), description="[low, high] share of channels a group keeps")
+    importance: list[Literal["l1", "bn_scale", "taylor"]] = Field(default_factory=lambda: ["l1"], min_length=1)
+    rank_step: float = Field(0.125, gt=0)
+    rank: tuple[float, float] | None = Field(None, description="[low, high] rank ratios; 1 = not factorized")
+    precision: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    round_to: int = Field(8, ge=1, description="channel counts and ranks are multiples of this")
+    exclude: list[str] = Field(default_factory=list, description="groups (or layers) never pruned")
+
+    @field_validator("importance", "precision")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeated choices in {value}")
+        return value
+
+    @field_validator("keep", "rank")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None, info: ValidationInfo) -> tuple[float, float] | None:
+        if value is not None:
+            _check_range(value, info.data.get(f"{info.field_name}_step"))
+        return value
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+@register_space("compress")
+class CompressSpace:
+    """Compression policies for one trained base network: pruning, low-rank factorization and precision."""
+
+    Config = CompressSpaceConfig
+
+    def __init__(
+        self, config: CompressSpaceConfig, *, in_channels: int, num_classes: int, image_size: int,
+        base: nn.Module | None = None, checkpoint: str | Path | None = None,
+        calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """`base`: the trained network (else built from `config.base` and its checkpoint); `calibration`: a
+        labelled training batch for the `taylor` importance."""
+        self.config = config
+        if base is None:
+            checkpoint = checkpoint or config.base.checkpoint
+            if checkpoint is None:
+                raise CompressError(
+                    "space.base.checkpoint: the compress space needs trained base weights; give a checkpoint, "
+                    "or let `slimsearch run` train the base"
+                )
+            base = build_model(
+                config.base.model, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                kwargs=config.base.kwargs,
+            )
+            load_checkpoint(base, checkpoint)
+        self.base = base.eval()
+        self.calibration = calibration
+        self.example_input = torch.zeros(1, in_channels, image_size, image_size)
+        self.base_spec = {
+            "model": config.base.model, "kwargs": config.base.kwargs,
+            "checkpoint": str(checkpoint) if checkpoint else None, "sha256": fingerprint(self.base),
+        }
+        self.groups = prunable_groups(self.base, self.example_input, config.exclude)
+        self.rank_layers = self._rank_layers() if config.rank else {}
+
+    def _rank_layers(self) -> dict[str, str]:
+        """Factorizable layers that would save parameters at the lowest rank ratio searched → their stage."""
+        low = self.config.rank[0]
+        out = {}
+        for name, stage in factorizable_layers(self.base, self.example_input).items():
+            module = self.base.get_submodule(name)
+            if factorized_params(module, rank_for(module, low, self.config.round_to)) < sum(
+                p.numel() for p in module.parameters()
+            ):
+                out[name] = stage
+        return out
+
+    def _keys(self, units: dict[str, str]) -> dict[str, str]:
+        """Unit (group or layer) → the key its ratio is sampled under, per the recipe's granularity."""
+        g = self.config.granularity
+        return {u: (u if g == "group" else f"stage.{s}" if g == "stage" else "all") for u, s in units.items()}
+
+    def sample(self, suggest: Suggest) -> Candidate:
+        """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`)."""
+        cfg = self.config
+        importance = suggest.categorical("importance", cfg.importance) if len(cfg.importance) > 1 else cfg.importance[0]
+        keys = self._keys({g.name: g.stage for g in self.groups})
+        drawn = {
+            k: _round(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step)) for k in dict.fromkeys(keys.values())
+        }
+        keep = {group: drawn[key] for group, key in keys.items()}
+        rank: dict[str, float] = {}
+        if cfg.rank is not None and self.rank_layers:
+            rkeys = self._keys(self.rank_layers)
+            rdrawn = {
+                k: _round(suggest.float(f"rank.{k}", *cfg.rank, step=cfg.rank_step))
+                for k in dict.fromkeys(rkeys.values())
+            }
+            rank = {layer: rdrawn[key] for layer, key in rkeys.items() if rdrawn[key] < 1}
+        precision = suggest.categorical("precision", cfg.precision) if len(cfg.precision) > 1 else cfg.precision[0]
+        return {
+            "space": "compress", "base": dict(self.base_spec), "importance": importance, "round_to": cfg.round_to,
+            "keep": keep, "rank": rank, "precision": precision,
+        }
+
+    @staticmethod
+    def describe(candidate: Candidate) -> str:
+        """One line per candidate, e.g. `l1 keep 0.62 [0.25–1.00] | rank 0.50 ×3 | int8`."""
+        keep = list(candidate["keep"].values()) or [1.0]
+        parts = [f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]"]
+        if candidate.get("rank"):
+            ranks = list(candidate["rank"].values())
+            parts.append(f"rank {statistics.fmean(ranks):.2f} ×{len(ranks)}")
+        parts.append(candidate.get("precision", "fp32"))
+        return " | ".join(parts)
+
+    def build(self, candidate: Candidate) -> nn.Module:
+        """The base pruned and factorized as `candidate` says; equal candidates give equal networks."""
+        if candidate.get("space") != "compress":
+            raise CompressError(f"not a compress candidate (space {candidate.get('space')!r})")
+        made_from = candidate.get("base", {}).get("sha256")
+        if made_from != self.base_spec["sha256"]:
+            raise CompressError(
+                f"candidate was made from base weights {str(made_from)[:12]}…, this space holds "
+                f"{self.base_spec['sha256'][:12]}… ({self.base_spec['checkpoint']}); rebuild it with its own base"
+            )
+        return compress(
+            self.base, self.example_input, keep=candidate["keep"], rank=candidate.get("rank") or None,
+            round_to=int(candidate.get("round_to", self.config.round_to)), importance=candidate["importance"],
+            calibration=self.calibration, exclude=self.config.exclude,
+        )

@@ -1,0 +1,100 @@
+"""A real compression study from the command line: base trained once and measured once, every candidate
+physically smaller than the base, adaptive-BN and precision-aware accuracy, comparison with the base, resume."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.base import prepare_base
+from search.cli import main
+from search.config import load_config, validate_config
+from search.runner import build_context, recipe_data
+from spaces.compress import fingerprint
+
+
+def recipe(tmp_path, **changes: object) -> dict:
+    raw = {
+        "name": "tiny_prune",
+        "output_dir": str(tmp_path / "runs"),
+        "space": {
+            "type": "compress",
+            "base": {"model": "spaces.compress.nets:tiny_resnet", "kwargs": {"widths": [16, 16, 32]}, "epochs": 1},
+            "keep": [0.2, 0.8], "keep_step": 0.2, "rank": [0.25, 1.0], "rank_step": 0.25,
+            "importance": ["l1", "taylor"], "precision": ["fp16", "int8"],
+        },
+        "data": {"dataset": "digits", "image_size": 8},
+        "train": {"epochs": 0.5, "kd_alpha": 0.5, "bn_batches": 2},
+        "latency": {"backend": "onnxruntime", "max_seconds": 0.2},
+        "search": {"sampler": "random", "trials": 3},
+        **changes,
+    }
+    return raw
+
+
+def test_cli_study_compresses_the_base_and_resumes_without_retraining(tmp_path, capsys):
+    path = tmp_path / "prune.yaml"
+    path.write_text(yaml.safe_dump(recipe(tmp_path)))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    assert "Pareto front of tiny_prune" in capsys.readouterr().out
+
+    config = load_config(path)
+    run_dir = config.run_dir
+    base_file = run_dir / "base.pt"
+    stamp = base_file.stat().st_mtime_ns
+    study = optuna.load_study(study_name="tiny_prune", storage=f"sqlite:///{run_dir / 'study.db'}")
+    base = study.user_attrs["base"]
+    assert {"accuracy", "latency_ms", "params", "flops", "macs", "sha256"} <= set(base)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3
+    space = build_context(config).space
+    for t in done:
+        candidate = t.user_attrs["candidate"]
+        assert t.user_attrs["params"] < base["params"] and t.user_attrs["macs"] < base["macs"]
+        assert t.user_attrs["latency"]["precision"] == candidate["precision"] != "fp32"
+        assert 0 <= t.user_attrs["accuracy_adaptive_bn"] <= 1 and 0 <= t.user_attrs["accuracy_fp32"] <= 1
+        vs = t.user_attrs["vs_base"]
+        assert vs["compression"] == pytest.approx(base["params"] / t.user_attrs["params"])
+        assert vs["speedup"] == pytest.approx(base["latency_ms"] / t.values[1])
+        assert vs["accuracy_change"] == pytest.approx(t.values[0] - base["accuracy"])
+        assert 0 < vs["flops_reduction"] < 1
+        rebuilt = space.build(candidate)
+        assert sum(p.numel() for p in rebuilt.parameters()) == t.user_attrs["params"]
+    assert any(t.user_attrs["candidate"]["rank"] for t in done)
+
+    assert main(["run", str(path), "--trials", "4", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="tiny_prune", storage=f"sqlite:///{run_dir / 'study.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert base_file.stat().st_mtime_ns == stamp and study.user_attrs["base"] == base
+
+    assert main(["status", str(run_dir)]) == 0
+    assert "speedup" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, size, message", [
+    ("torchvision:resnet_18", 8, "did you mean resnet18"),
+    ("torchvision:vit_b_16", 8, "Input shape indivisible by patch size"),
+    ("torchvision:vit_b_32", 32, "cannot prune layer 'encoder'"),
+])
+def test_bad_base_is_a_usage_error_before_any_training(tmp_path, capsys, model, size, message):
+    raw = recipe(tmp_path)
+    raw["space"]["base"].update(model=model, kwargs={})
+    raw["data"]["image_size"] = size
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "space.base" in err and message in err
+    assert not (tmp_path / "runs" / "tiny_prune" / "base.pt").exists()
+
+
+def test_same_recipe_trains_the_same_base(tmp_path):
+    prints = []
+    for name in ("first", "second"):
+        config = validate_config(recipe(tmp_path, name=name))
+        base = prepare_base(config, recipe_data(config))
+        assert base.checkpoint == config.run_dir / "base.pt" and base.checkpoint.is_file()
+        prints.append(fingerprint(base.model))
+    assert prints[0] == prints[1]

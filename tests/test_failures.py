@@ -1,0 +1,41 @@
+"""Failing candidates fail their own trial with the reason stored; a streak of failures stops the study."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.config import load_config
+from search.runner import run_study
+from search.study import create_or_load_study, storage_url
+
+
+def test_every_candidate_diverging_trips_the_failure_cap(recipe_file, capsys):
+    recipe = recipe_file(**{"train.lr": 1e8, "search.max_consecutive_failures": 2})
+    assert main(["run", str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped after 2 failed trials in a row (search.max_consecutive_failures)" in err
+    assert "TrainingDiverged: loss became" in err
+    config = load_config(recipe)
+    study = optuna.load_study(study_name=config.name, storage=storage_url(config))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    for t in study.trials:
+        assert t.user_attrs["error"].startswith("TrainingDiverged: loss became")
+        assert "candidate" in t.user_attrs
+
+
+def test_one_bad_candidate_fails_alone_and_the_study_completes(recipe_file, capsys):
+    config = load_config(recipe_file(**{"search.trials": 2, "search.max_consecutive_failures": 2}))
+    study = create_or_load_study(config)
+    study.enqueue_trial({"stem.width": 0}, skip_if_exists=True)  # a stem without channels cannot be built
+    study = run_study(config, show_progress=False)
+    bad = study.trials[0]
+    assert bad.state == TrialState.FAIL
+    assert bad.params["stem.width"] == 0
+    error = bad.user_attrs["error"]
+    assert error.split(":")[0].endswith("Error")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert main(["status", str(config.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials (2 complete, 1 fail)" in out and error[:40] in out.replace("\n", "")
