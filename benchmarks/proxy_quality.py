@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results import markdown_table, write_section  # noqa: E402
-from evaluators.train import evaluate, train_model  # noqa: E402
+from evaluators.train import evaluate, recalibrate_bn, train_model  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.objective import train_settings  # noqa: E402
 from search.runner import build_context  # noqa: E402
@@ -33,9 +33,8 @@ def score(ctx, candidate, epochs: float, seed: int) -> float:
     """Validation accuracy of a candidate after `epochs` of fine-tuning (0: no fine-tune)."""
     torch.manual_seed(seed)
     model = ctx.space.build(copy.deepcopy(candidate))
-    prepare = getattr(ctx.space, "prepare_for_training", None)
-    if prepare is not None:
-        prepare(model, ctx.data)
+    if ctx.config.space.type == "compress":
+        recalibrate_bn(model, ctx.data.train, seed=seed)
     if epochs == 0:
         return evaluate(model, ctx.data.val)
     settings = train_settings(ctx.config)

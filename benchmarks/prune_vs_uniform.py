@@ -96,11 +96,13 @@ def main() -> None:
     print(table)
     loads = os.getloadavg()
     busy = (" — above the core count: the CPU was shared with other work, so these latencies were taken on a "
-            "loaded machine; matching by latency is noisy there, matching by MACs is not") if max(loads) > (
+            "loaded machine; matching by latency is noisy there, matching by MACs is not") if loads[0] > (
         os.cpu_count() or 1) else ""
     cfg = searched_cfg
+    mode = " — quick" if args.quick else ""
     write_section(
-        "prune_vs_uniform", f"Searched vs uniform pruning at matched latency ({recipe.stem})",
+        f"prune_vs_uniform-{recipe.stem}{'-quick' if args.quick else ''}",
+        f"Searched vs uniform pruning at matched latency ({recipe.stem}{mode})",
         f"Base `{cfg.space.base.model}` {cfg.space.base.kwargs or ''} trained {cfg.space.base.epochs:g} epochs in the "
         f"study: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms, {base['macs'] / 1e6:.2f}M MACs, "
         f"{base['params'] / 1e3:.1f}K params. Every candidate: L1 channel pruning (round to {cfg.space.round_to}), "

@@ -67,7 +67,7 @@ class CompressSpaceConfig(BaseModel):
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError(f"repeated choices in {value}")
+            raise ValueError("each choice may be listed once")
         return value
 
     @field_validator("keep", "rank")
