@@ -56,7 +56,7 @@ def convert_precision(
 
             onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
         elif precision == "int8":
-            _quantize_int8(src, dst, calibration)
+            quantize_int8(src, dst, calibration)
         else:
             raise PrecisionError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
     except PrecisionError:
@@ -66,7 +66,12 @@ def convert_precision(
     return dst
 
 
-def _quantize_int8(src: Path, dst: Path, calibration: Iterable[np.ndarray] | None) -> None:
+def quantize_int8(
+    src: str | Path, dst: str | Path, calibration: Iterable[np.ndarray] | None, symmetric: bool = False
+) -> Path:
+    """Static int8 QDQ quantization with per-channel weights, calibrated on `calibration` batches (random normal
+    batches when None). `symmetric` gives the form TensorRT executes: signed int8 activations with zero point 0
+    and biases left in float; otherwise activations are unsigned, as ONNX Runtime's CPU kernels prefer."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -77,15 +82,17 @@ def _quantize_int8(src: Path, dst: Path, calibration: Iterable[np.ndarray] | Non
         dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
         rng = np.random.default_rng(0)
         calibration = [rng.standard_normal(dims).astype(np.float32) for _ in range(4)]
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if symmetric else {}
     logging.getLogger("root").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(dst), _Batches(input_name, list(calibration)),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=True,
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True, extra_options=extra,
         )
+    return Path(dst)
 
 
 def onnx_accuracy(onnx_path: str | Path, split: Split, batch_size: int = 1, threads: int = 0) -> float:

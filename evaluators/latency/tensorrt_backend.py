@@ -29,7 +29,7 @@ from evaluators.latency.base import (
 )
 from evaluators.latency.timing import cuda_event_times
 from evaluators.onnx_export import export_onnx, file_sha256
-from evaluators.precision import PrecisionError, convert_precision
+from evaluators.precision import PrecisionError, convert_precision, quantize_int8
 
 INSTALL_HINT = "pip install --extra-index-url https://pypi.nvidia.com tensorrt"
 
@@ -53,37 +53,11 @@ def _unavailable() -> str | None:
 
 
 def quantize_int8_symmetric(src: Path, dst: Path, calibration: Sequence[np.ndarray] | None) -> Path:
-    """Static int8 Q/DQ in the form TensorRT executes: signed int8 activations and weights, symmetric (zero
-    point 0), per-channel weights, biases left in float; calibrated on `calibration` batches (random
-    normal batches when None)."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    model = onnx.load(str(src))
-    name = model.graph.input[0].name
-    if calibration is None:
-        dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
-        rng = np.random.default_rng(0)
-        calibration = [rng.standard_normal(dims).astype(np.float32) for _ in range(4)]
-    batches = iter([{name: b.astype(np.float32)} for b in calibration])
-
-    class Reader:
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(batches, None)
-
+    """Static int8 Q/DQ in the form TensorRT executes (signed, zero point 0, per-channel weights, float biases)."""
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8, per_channel=True,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-            )
+        return quantize_int8(src, dst, calibration, symmetric=True)
     except Exception as exc:
         raise PrecisionError(f"int8 Q/DQ quantization for TensorRT failed: {type(exc).__name__}: {exc}") from exc
-    return dst
 
 
 def _slug(text: str) -> str:
