@@ -65,6 +65,17 @@ def display_url(url: str) -> str:
         return url
 
 
+def run_dir_storage(run_dir: Path) -> str:
+    """The default storage: SQLite `study.db` inside the run directory."""
+    return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+
+
+def own_storage(config: StudyConfig) -> str | None:
+    """The frozen storage URL, or None where it is the run directory's own `study.db`, which moves with the
+    directory (so a copied or moved run directory resumes from its own database, not the old path)."""
+    return None if config.storage == run_dir_storage(config.run_dir) else config.storage
+
+
 def frozen_form(config: StudyConfig, storage: str) -> dict[str, Any]:
     """What is written to config.yaml: the resolved recipe with its storage URL."""
     data = config.dump()
@@ -92,7 +103,7 @@ def check_and_freeze(config: StudyConfig, storage: str) -> Path:
         frozen = validate_config(yaml.safe_load(path.read_text()), str(path))
     except ConfigError as exc:
         raise ConfigError(f"{path} no longer validates, so this study cannot be resumed: {exc}") from None
-    theirs = frozen_form(frozen, frozen.storage or storage)
+    theirs = frozen_form(frozen, own_storage(frozen) or storage)
     changed = {k: v for k, v in differences(theirs, mine).items() if k.split(".")[0] not in IDENTITY}
     refused = {k: v for k, v in changed.items() if k not in MAY_CHANGE_ON_RESUME}
     if refused:

@@ -16,7 +16,7 @@ import yaml
 from search.config import StudyConfig, validate_config
 from search.errors import UsageError
 from search.executors.seeding import ProcessSeededSampler
-from search.frozen import CONFIG_FILE, check_and_freeze
+from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, run_dir_storage
 from search.recovery import grace_period
 
 OBJECTIVES = ("accuracy", "latency_ms")
@@ -26,9 +26,7 @@ STORAGE_ATTEMPTS = 3
 
 def storage_url(config: StudyConfig) -> str:
     """The recipe's storage URL, or SQLite `study.db` inside the run directory."""
-    if config.storage:
-        return config.storage
-    return f"sqlite:///{(config.run_dir / 'study.db').resolve()}"
+    return config.storage or run_dir_storage(config.run_dir)
 
 
 def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.BaseStorage:
@@ -92,6 +90,7 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); start one with `slimsearch run`")
     config = validate_config(yaml.safe_load(path.read_text()), str(path))
+    config.storage = own_storage(config)
     if run_dir.resolve().name == config.name:
         config.output_dir = str(run_dir.resolve().parent)
     return config

@@ -147,3 +147,21 @@ def test_live_trial_is_left_running(recipe_file):
 def test_resume_of_missing_run_dir_is_usage_error(tmp_path, capsys):
     assert main(["resume", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_moved_run_directory_resumes_from_its_own_database(recipe_file, tmp_path, capsys):
+    recipe = recipe_file(**{"search.trials": 1})
+    config = load_config(recipe)
+    assert main(["run", str(recipe), "--no-progress"]) == 0
+    moved = tmp_path / "elsewhere" / config.name
+    moved.parent.mkdir()
+    config.run_dir.rename(moved)
+    capsys.readouterr()
+
+    assert main(["resume", str(moved), "--trials", "2", "--no-progress"]) == 0
+    assert "the recipe differs" not in capsys.readouterr().err
+    study = optuna.load_study(study_name=config.name, storage=f"sqlite:///{moved / 'study.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert not config.run_dir.exists()
+    assert main(["status", str(moved)]) == 0
+    assert "2 trials (2 complete)" in capsys.readouterr().out
