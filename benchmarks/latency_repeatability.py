@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from evaluators.latency.table import spearman  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def main() -> None:
     table = markdown_table(rows)
     print(table)
     body = (
-        f"{args.candidates} candidates sampled from `{args.recipe.relative_to(ROOT)}` "
+        f"{args.candidates} candidates sampled from `{shown(args.recipe)}` "
         f"(seeds 0..{args.candidates - 1}), each timed by `slimsearch latency` in two separate processes run back "
         f"to back, {args.max_seconds:g} s cap per candidate. 'diff' is |median₁ − median₂| / mean of the two; "
         "Spearman ranks the candidates by their first and by their second median; 'CV of runs' is the per-run "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from evaluators.train import evaluate, recalibrate_bn, train_model  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.objective import train_settings  # noqa: E402
@@ -30,16 +31,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def score(ctx, candidate, epochs: float, seed: int) -> float:
-    """Validation accuracy of a candidate after `epochs` of fine-tuning (0: no fine-tune)."""
+    """Validation accuracy (fp32) of a candidate after `epochs` of fine-tuning (0: none), scored as the study
+    scores it: a compressed candidate gets adaptive BN first and is distilled from the base."""
     torch.manual_seed(seed)
     model = ctx.space.build(copy.deepcopy(candidate))
+    settings = train_settings(ctx.config)
+    teacher = None
     if ctx.config.space.type == "compress":
-        recalibrate_bn(model, ctx.data.train, seed=seed)
+        recalibrate_bn(model, ctx.data.train, ctx.config.train.bn_batches, settings.batch_size, seed)
+        teacher = ctx.space.base
     if epochs == 0:
         return evaluate(model, ctx.data.val)
-    settings = train_settings(ctx.config)
     settings.epochs = epochs
-    return train_model(model, ctx.data, settings, seed=seed).accuracy
+    return train_model(model, ctx.data, settings, seed=seed, teacher=teacher).accuracy
+
+
+def how(config) -> str:
+    """How a compressed candidate is scored, for the table's caption (empty for other spaces)."""
+    if config.space.type != "compress":
+        return ""
+    return (f" (pruned from the trained base, BatchNorm statistics re-estimated on {config.train.bn_batches} "
+            "training batches — fidelity 0 is that alone, the adaptive-BN proxy — then distilled from the base; "
+            "fp32 accuracy)")
 
 
 def main() -> None:
@@ -53,8 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.fidelities = 8, [0.5, 1, 4]
-    config = load_config(args.recipe, [*args.overrides, "output_dir=/tmp/slimsearch-proxy"])
-    ctx = build_context(config)
+    with tempfile.TemporaryDirectory() as tmp:  # a compression study trains its base here
+        config = load_config(args.recipe, [*args.overrides, f"output_dir={tmp}"])
+        ctx = build_context(config)
     candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
     scores: dict[float, list[float]] = {f: [] for f in args.fidelities}
     cost: dict[float, float] = {f: 0.0 for f in args.fidelities}
@@ -74,8 +88,9 @@ def main() -> None:
     table = markdown_table(rows)
     print(table)
     write_section(f"proxy-{args.recipe.stem}", f"Proxy quality: {args.recipe.stem}",
-                  f"{len(candidates)} random candidates of `{args.recipe.relative_to(ROOT)}`, each fine-tuned from "
-                  f"the same start at every fidelity; rank correlation with the {ref}-epoch accuracy.\n\n" + table)
+                  f"{len(candidates)} random candidates of `{shown(args.recipe)}`, each fine-tuned from "
+                  f"the same start at every fidelity{how(config)}; rank correlation with the {ref}-epoch accuracy."
+                  "\n\n" + table)
 
 
 if __name__ == "__main__":

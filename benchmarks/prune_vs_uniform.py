@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import markdown_table, variant_name, write_section  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
 from search.runner import run_study  # noqa: E402
 from search.study import create_or_load_study  # noqa: E402
@@ -47,6 +47,10 @@ def mean_keep(t: FrozenTrial) -> float:
     return sum(keep) / len(keep)
 
 
+def recipe_path(args: argparse.Namespace) -> Path:
+    return ROOT / ("studies/cifar10_resnet_prune.yaml" if args.cifar else "studies/digits_prune.yaml")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cifar", action="store_true", help="studies/cifar10_resnet_prune.yaml instead of digits")
@@ -56,10 +60,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="12 searched policies, uniform 0.3 / 0.5 / 0.7")
     args = parser.parse_args()
+    label = [recipe_path(args).stem, *args.overrides]
     if args.quick:
         args.trials, args.grid = 12, [0.3, 0.5, 0.7]
         args.overrides.append("search.startup_trials=6")
-    recipe = ROOT / ("studies/cifar10_resnet_prune.yaml" if args.cifar else "studies/digits_prune.yaml")
+    recipe = recipe_path(args)
     with tempfile.TemporaryDirectory() as tmp:
         searched_cfg = study_config(recipe, Path(tmp), "searched", [*args.overrides, "space.granularity=group"])
         searched = run_study(searched_cfg, trials=args.trials, show_progress=False)
@@ -101,8 +106,8 @@ def main() -> None:
     cfg = searched_cfg
     mode = " — quick" if args.quick else ""
     write_section(
-        f"prune_vs_uniform-{recipe.stem}{'-quick' if args.quick else ''}",
-        f"Searched vs uniform pruning at matched latency ({recipe.stem}{mode})",
+        f"prune_vs_uniform-{variant_name(recipe, label[1:])}{'-quick' if args.quick else ''}",
+        f"Searched vs uniform pruning at matched latency ({' '.join(label)}{mode})",
         f"Base `{cfg.space.base.model}` {cfg.space.base.kwargs or ''} trained {cfg.space.base.epochs:g} epochs in the "
         f"study: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms, {base['macs'] / 1e6:.2f}M MACs, "
         f"{base['params'] / 1e3:.1f}K params. Every candidate: L1 channel pruning (round to {cfg.space.round_to}), "

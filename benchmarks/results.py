@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = RESULTS.parents[1]
 
 
 def machine() -> str:
@@ -29,6 +30,16 @@ def machine() -> str:
 def command_line() -> str:
     """The command that is running, as a user would type it from the repository root."""
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
+def shown(path: Path) -> str:
+    """A path as the captions show it: relative to the repository root, however it was given."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
+
+
+def variant_name(recipe: Path, overrides: list[str]) -> str:
+    """A recipe's name plus the overrides it ran with, as a file-name-safe slug (run names, plots, section keys)."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", " ".join([Path(recipe).stem, *overrides])).strip("-")
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import RESULTS, markdown_table, shown, variant_name, write_section  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.pareto import hypervolume, pareto_mask  # noqa: E402
 from search.runner import run_study  # noqa: E402
@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_one(recipe: Path, sampler: str, seed: int, trials: int, out: Path, overrides: list[str]) -> np.ndarray:
     """Run one study and return its completed (accuracy, latency) points."""
-    config = load_config(recipe, [*overrides, f"name={recipe.stem}-{sampler}-{seed}", f"output_dir={out}",
+    name = f"{variant_name(recipe, overrides)}-{sampler}-{seed}"
+    config = load_config(recipe, [*overrides, f"name={name}", f"output_dir={out}",
                                   f"search.sampler={sampler}", f"seed={seed}", f"search.trials={trials}"])
     study = run_study(config, show_progress=False)
     done = study.get_trials(states=(TrialState.COMPLETE,))
@@ -44,43 +45,81 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 12 trials, shorter fine-tunes")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="keep every run's study here (default: a temporary folder); runs already "
+                             "finished there are reused, so an interrupted benchmark picks up where it stopped")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.trials = 2, 12
         args.overrides.append("train.epochs=2")
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or Path(tmp)
         for recipe in args.recipes:
             if not recipe.is_file():
                 print(f"skipping {recipe}: no such recipe")
                 continue
-            points = {(s, seed): run_one(recipe, s, seed, args.trials, Path(tmp), args.overrides)
+            points = {(s, seed): run_one(recipe, s, seed, args.trials, runs, args.overrides)
                       for s in args.samplers for seed in range(args.seeds)}
-            every = np.concatenate(list(points.values()))
-            ref_acc, ref_lat = float(every[:, 0].min()), float(every[:, 1].max()) * 1.01
-            box = (1.0 - ref_acc) * ref_lat
-            for sampler in args.samplers:
-                hvs = []
-                for seed in range(args.seeds):
-                    p = points[(sampler, seed)]
-                    front = p[pareto_mask(p[:, 0], p[:, 1])]
-                    hvs.append(hypervolume(front[:, 0], front[:, 1], ref_lat, ref_acc) / box)
-                rows.append({
-                    "study": recipe.stem, "sampler": sampler, "seeds": args.seeds, "trials": args.trials,
-                    "HV mean": f"{statistics.fmean(hvs):.4f}",
-                    "HV std": f"{statistics.pstdev(hvs):.4f}",
-                    "HV per seed": " ".join(f"{h:.4f}" for h in hvs),
-                })
-                print(rows[-1], flush=True)
+            report(recipe, points, args)
+
+
+def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argparse.Namespace) -> None:
+    """Hypervolume per sampler and seed against one shared reference point; table, plot and RESULTS.md section."""
+    every = np.concatenate(list(points.values()))
+    ref_acc, ref_lat = float(every[:, 0].min()), float(every[:, 1].max()) * 1.01
+    box = (1.0 - ref_acc) * ref_lat
+    rows = []
+    for sampler in args.samplers:
+        hvs = []
+        for seed in range(args.seeds):
+            p = points[(sampler, seed)]
+            front = p[pareto_mask(p[:, 0], p[:, 1])]
+            hvs.append(hypervolume(front[:, 0], front[:, 1], ref_lat, ref_acc) / box)
+        rows.append({
+            "sampler": sampler, "seeds": args.seeds, "trials": args.trials,
+            "HV mean": f"{statistics.fmean(hvs):.4f}", "HV std": f"{statistics.pstdev(hvs):.4f}",
+            "HV per seed": " ".join(f"{h:.4f}" for h in hvs),
+        })
+        print(recipe.stem, rows[-1], flush=True)
     table = markdown_table(rows)
     print(table)
+    variant = "".join(f" {o}" for o in args.overrides)
+    slug = variant_name(recipe, args.overrides)
+    plot = plot_fronts(slug, points, args.samplers, args.seeds)
     write_section(
-        "search-vs-random", "Search vs random sampling",
-        "Hypervolume of the accuracy/latency front, normalized by the box between the shared reference point "
-        "(worst accuracy, 1.01 × worst latency over all runs of a study) and (accuracy 1, latency 0). "
-        "Higher is better.\n\n" + table,
+        f"search-vs-random-{slug}", f"Search vs random sampling: {recipe.stem}{variant}",
+        f"`{shown(recipe)}`{variant and ' with' + variant}, every sampler with its recipe settings otherwise. "
+        "Hypervolume of the "
+        "accuracy/latency front, normalized by the box between the shared reference point (worst accuracy, "
+        "1.01 × worst latency over all runs of the study) and (accuracy 1, latency 0). Higher is better.\n\n"
+        f"{table}\n\n![fronts]({plot.name})",
     )
 
+
+def plot_fronts(name: str, points: dict[tuple[str, int], np.ndarray], samplers: list[str], seeds: int) -> Path:
+    """Every run's Pareto front, one colour per sampler, saved next to RESULTS.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, sampler in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), samplers):
+        for seed in range(seeds):
+            p = points[(sampler, seed)]
+            front = p[pareto_mask(p[:, 0], p[:, 1])]
+            front = front[np.argsort(front[:, 1])]
+            ax.step(front[:, 1], front[:, 0], where="post", color=colour, alpha=0.8,
+                    label=sampler if seed == 0 else None)
+    ax.set_xlabel("median latency (ms)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{name}: fronts of {seeds} seeds per sampler")
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS.parent / f"search_vs_random-{name}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 if __name__ == "__main__":
     main()

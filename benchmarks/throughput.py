@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
 from search.executors.local import run_workers  # noqa: E402
 from search.runner import run_study  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
         row["speed-up"] = f"{row['trials/hour'] / base:.2f}x"
     table = markdown_table(rows)
     summary = (
-        f"{trials} completed trials per setting of `{args.recipe.relative_to(ROOT)}`, each setting a fresh "
+        f"{trials} completed trials per setting of `{shown(args.recipe)}`, each setting a fresh "
         "study, run one after the other in the order shown. Wall time includes worker start-up (spawned "
         f"processes load the data and the backend).{ray_note} `lock wait` is the time a trial waited for the "
         "per-machine latency lock (before its fine-tune and before its measurement). With `train.threads: 0` each fine-tune gets the "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.runner import run_study  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
     rows.append({"part": "trial loop total", "s per trial": f"{loop / n:.3f}", "share of loop": "100%"})
     per_trial_total = [t.user_attrs["seconds"]["total"] for t in trials]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = (f"{n} completed trials of `{args.recipe.relative_to(ROOT)}`; one-off setup (data, backend, study) "
+    summary = (f"{n} completed trials of `{shown(args.recipe)}`; one-off setup (data, backend, study) "
                f"{setup:.1f} s; trial time median {statistics.median(per_trial_total):.2f} s; "
                f"framework overhead {framework / loop:.1%} of the trial loop; peak RSS {peak_mib:.0f} MiB.")
     table = markdown_table(rows)
