@@ -6,7 +6,8 @@ A unit is a plain dict: `block`, `in_channels`, `out_channels`, `stride`, `resol
 `out_resolution`, `options`. Timing units one at a time counts each unit's per-call overhead (a session
 run, an input copy) once per unit, while a whole network pays it once, and it misses fusion across unit
 boundaries; so a prediction is `intercept + per_unit × units + scale × Σ unit latencies`, the three
-coefficients fitted by least squares on whole networks measured when the table is built.
+coefficients fitted by least squares on whole networks measured when the table is built (with fewer terms
+where leave-one-out error says the networks cannot support all three).
 """
 
 from __future__ import annotations
@@ -69,26 +70,54 @@ class Correction:
         return self.intercept_ms + self.per_unit_ms * n_units + self.scale * units_ms
 
 
-def fit_correction(units_ms: Sequence[float], n_units: Sequence[int], measured_ms: Sequence[float]) -> Correction:
-    """Least-squares fit of the correction on whole networks (Σ unit latencies, unit count, measured latency).
+FORMS = {  # design-matrix columns (1, unit count, Σ units) each form fits; the others are fixed
+    "full": (True, True, True),
+    "scale": (True, False, True),
+    "offset": (True, True, False),
+}
 
-    With fewer than four networks, or when the free fit would make latency fall as units get slower, the
-    scale is held at 1 and only the intercept and per-unit terms are fitted.
+
+def _fit(s: np.ndarray, n: np.ndarray, y: np.ndarray, form: str) -> Correction | None:
+    """Least squares of one form; None where it makes latency fall as units get slower."""
+    use_b, use_n, use_s = FORMS[form]
+    cols = [c for c, on in zip((np.ones_like(s), n, s), (use_b, use_n, use_s)) if on]
+    target = y if use_s else y - s
+    coef = list(np.linalg.lstsq(np.column_stack(cols), target, rcond=None)[0])
+    intercept = float(coef.pop(0))
+    per_unit = float(coef.pop(0)) if use_n else 0.0
+    scale = float(coef.pop(0)) if use_s else 1.0
+    return Correction(intercept, per_unit, scale, len(y)) if scale > 0 else None
+
+
+def _loo_mape(s: np.ndarray, n: np.ndarray, y: np.ndarray, form: str) -> float:
+    """Leave-one-out error of a form: each network predicted by the fit on the others."""
+    errors = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        corr = _fit(s[keep], n[keep], y[keep], form)
+        if corr is None:
+            return math.inf
+        errors.append(abs(corr.apply(s[i], int(n[i])) - y[i]) / y[i])
+    return float(np.mean(errors) * 100)
+
+
+def fit_correction(units_ms: Sequence[float], n_units: Sequence[int], measured_ms: Sequence[float]) -> Correction:
+    """Fit the correction on whole networks (Σ unit latencies, unit count, measured latency).
+
+    With five or more networks, the form — all three terms, intercept + scale, or intercept + per-unit
+    with the scale held at 1 — is the one with the lowest leave-one-out error, so a handful of networks
+    does not buy a three-term fit that only matches those networks. With fewer, intercept + per-unit.
     """
     s = np.asarray(units_ms, float)
     n = np.asarray(n_units, float)
     y = np.asarray(measured_ms, float)
     if len(y) == 0:
         return Correction()
-    if len(y) >= 4:
-        coef = np.linalg.lstsq(np.column_stack([np.ones_like(s), n, s]), y, rcond=None)[0]
-        if coef[2] > 0:
-            corr = Correction(float(coef[0]), float(coef[1]), float(coef[2]), len(y))
-            corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
-            return corr
-    cols = [np.ones_like(s), n] if len(y) >= 2 else [np.ones_like(s)]
-    coef = np.linalg.lstsq(np.column_stack(cols), y - s, rcond=None)[0]
-    corr = Correction(float(coef[0]), float(coef[1]) if len(coef) > 1 else 0.0, 1.0, len(y))
+    if len(y) < 2:
+        return Correction(float(y[0] - s[0]), 0.0, 1.0, 1)
+    forms = list(FORMS) if len(y) >= 5 else ["offset"]
+    form = min(forms, key=lambda f: _loo_mape(s, n, y, f)) if len(forms) > 1 else forms[0]
+    corr = _fit(s, n, y, form) or _fit(s, n, y, "offset")
     corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
     return corr
 
