@@ -121,5 +121,6 @@ def plot_fronts(name: str, points: dict[tuple[str, int], np.ndarray], samplers: 
     plt.close(fig)
     return path
 
+
 if __name__ == "__main__":
     main()

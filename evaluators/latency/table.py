@@ -115,8 +115,7 @@ def fit_correction(units_ms: Sequence[float], n_units: Sequence[int], measured_m
         return Correction()
     if len(y) < 2:
         return Correction(float(y[0] - s[0]), 0.0, 1.0, 1)
-    forms = list(FORMS) if len(y) >= 5 else ["offset"]
-    form = min(forms, key=lambda f: _loo_mape(s, n, y, f)) if len(forms) > 1 else forms[0]
+    form = min(FORMS, key=lambda f: _loo_mape(s, n, y, f)) if len(y) >= 5 else "offset"
     corr = _fit(s, n, y, form) or _fit(s, n, y, "offset")
     corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
     return corr
