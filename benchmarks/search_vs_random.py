@@ -24,6 +24,7 @@ from search.runner import run_study  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TRIALS = 30
 
 
 def run_one(recipe: Path, sampler: str, seed: int, trials: int, out: Path, overrides: list[str]) -> np.ndarray:
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", type=Path,
                         default=[ROOT / "studies/digits_blocks.yaml", ROOT / "studies/digits_prune.yaml"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=TRIALS, help="trials per run (another budget gets its own section)")
     parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 12 trials, shorter fine-tunes")
@@ -83,11 +84,13 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
         print(recipe.stem, rows[-1], flush=True)
     table = markdown_table(rows)
     print(table)
+    budget = [] if args.trials == TRIALS else [f"{args.trials}-trials"]
     variant = "".join(f" {o}" for o in args.overrides)
-    slug = variant_name(recipe, args.overrides)
+    slug = variant_name(recipe, [*args.overrides, *budget])
     plot = plot_fronts(slug, points, args.samplers, args.seeds)
     write_section(
-        f"search-vs-random-{slug}", f"Search vs random sampling: {recipe.stem}{variant}",
+        f"search-vs-random-{slug}", f"Search vs random sampling: {recipe.stem}{variant}"
+        + (f", {args.trials} trials" if budget else ""),
         f"`{shown(recipe)}`{variant and ' with' + variant}, every sampler with its recipe settings otherwise. "
         "Hypervolume of the "
         "accuracy/latency front, normalized by the box between the shared reference point (worst accuracy, "

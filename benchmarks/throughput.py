@@ -103,12 +103,12 @@ def main() -> None:
         "machine's cores divided by the workers (a Ray trial: its CPUs); the second row, one worker with "
         "`--set train.threads=1`, tells the effect of more workers from that of fewer threads per fine-tune."
     )
-    busiest = max(os.getloadavg()[0], *(float(str(r["load avg before/after"]).split(" / ")[0]) for r in rows))
-    if busiest > 0.5 * (os.cpu_count() or 1):
+    start = float(str(rows[0]["load avg before/after"]).split(" / ")[0])
+    if start > 0.5 * (os.cpu_count() or 1):
         summary += (
-            f" The machine was shared with other work during this run (1-minute load average up to {busiest:.1f} "
-            f"on {os.cpu_count()} cores), and those processes take the same latency lock: the numbers show that "
-            "contention (it hurts a fine-tune with more threads most) and are not what an idle machine gives."
+            f" The 1-minute load average was already {start:.1f} on {os.cpu_count()} cores when the first setting "
+            "started (it counts whatever ran in the minute before): other work on the machine competes with the "
+            "timed settings, most with those that run more threads, and these numbers are not what an idle machine gives."
         )
     print(table)
     print(summary)

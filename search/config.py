@@ -74,10 +74,10 @@ class LatencyConfig(Section):
 
 
 class SearchConfig(Section):
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
     trials: int = Field(30, ge=1, description="completed trials to reach")
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
-    startup_trials: int = Field(10, ge=0, description="random trials before TPE models the space")
+    startup_trials: int = Field(10, ge=0, description="random trials before TPE or GP models the space")
     population_size: int = Field(16, ge=2, description="NSGA-II population")
     max_consecutive_failures: int = Field(5, ge=1, description="stop the study after this many failed trials in a row")
     heartbeat_interval: int = Field(

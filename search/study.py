@@ -67,11 +67,13 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
 
 
 def seeded_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The recipe's sampler with the given seed. TPE and NSGA-II read the constraints each trial sets
+    """The recipe's sampler with the given seed. TPE, GP and NSGA-II read the constraints each trial sets
     (`Trial.set_constraint`, see search/constraints.py)."""
     s = config.search
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, multivariate=True)
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.startup_trials)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
     return optuna.samplers.RandomSampler(seed=seed)

@@ -31,7 +31,7 @@ def test_set_overrides_nested_keys(recipe_file):
         ({"search.trails": 5}, "search.trails", "unknown key"),
         ({"search.trials": "many"}, "search.trials", "valid integer"),
         ({"search.trials": 0}, "search.trials", "greater than or equal to 1"),
-        ({"search.sampler": "grid"}, "search.sampler", "'tpe', 'nsga2' or 'random'"),
+        ({"search.sampler": "grid"}, "search.sampler", "'tpe', 'gp', 'nsga2' or 'random'"),
         ({"space.blocks": ["conv", "nope"]}, "space.blocks", "unknown block"),
         ({"space.stem_width": [12, 24]}, "space", "multiple of round_to"),
         ({"data.dataset": "imagenet"}, "data.dataset", "unknown dataset"),

@@ -57,7 +57,7 @@ def test_params_limit_splits_trials_and_front(recipe_file, capsys):
     assert '"name":"base"' in (config.run_dir / "pareto.html").read_text()
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2"])
 def test_recorded_constraints_reach_optuna(recipe_file, sampler):
     config = load_config(recipe_file(**{"search.sampler": sampler}),
                          ["constraints.latency_ms=0.5", "constraints.accuracy=0.9", "constraints.params=1000"])
