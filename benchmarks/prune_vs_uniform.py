@@ -105,13 +105,14 @@ def main() -> None:
         os.cpu_count() or 1) else ""
     cfg = searched_cfg
     mode = " — quick" if args.quick else ""
+    subset = f" on {cfg.train.max_train_samples} images" if cfg.train.max_train_samples else ""
     write_section(
         f"prune_vs_uniform-{variant_name(recipe, label[1:])}{'-quick' if args.quick else ''}",
         f"Searched vs uniform pruning at matched latency ({' '.join(label)}{mode})",
         f"Base `{cfg.space.base.model}` {cfg.space.base.kwargs or ''} trained {cfg.space.base.epochs:g} epochs in the "
         f"study: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms, {base['macs'] / 1e6:.2f}M MACs, "
         f"{base['params'] / 1e3:.1f}K params. Every candidate: L1 channel pruning (round to {cfg.space.round_to}), "
-        f"adaptive BN on {cfg.train.bn_batches} batches, {cfg.train.epochs:g} epochs of fine-tune distilled from "
+        f"adaptive BN on {cfg.train.bn_batches} batches, {cfg.train.epochs:g} epoch(s) of fine-tune{subset} distilled from "
         f"the base (α {cfg.train.kd_alpha:g}, T {cfg.train.kd_temperature:g}), fp32, ONNX Runtime with "
         f"{cfg.latency.threads} thread, batch {cfg.latency.batch_size}. Searched: {len(policies)} TPE trials over one "
         f"keep ratio per prunable group in [{cfg.space.keep[0]:g}, {cfg.space.keep[1]:g}]; uniform: one ratio for "

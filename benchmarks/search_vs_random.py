@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", type=Path,
                         default=[ROOT / "studies/digits_blocks.yaml", ROOT / "studies/digits_prune.yaml"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=TRIALS, help="trials per run (another budget gets its own section)")
+    parser.add_argument("--trials", type=int, default=TRIALS,
+                        help="trials per run (another budget gets its own section)")
     parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 12 trials, shorter fine-tunes")

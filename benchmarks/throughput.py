@@ -108,7 +108,8 @@ def main() -> None:
         summary += (
             f" The 1-minute load average was already {start:.1f} on {os.cpu_count()} cores when the first setting "
             "started (it counts whatever ran in the minute before): other work on the machine competes with the "
-            "timed settings, most with those that run more threads, and these numbers are not what an idle machine gives."
+            "timed settings, most with those that run more threads, and these numbers are not what an idle "
+            "machine gives."
         )
     print(table)
     print(summary)

@@ -1,6 +1,6 @@
 """Recipe constraints (max latency, max params, min accuracy): which trials are feasible.
 
-A trial sets one Optuna constraint per recipe limit (`Trial.set_constraint`, which TPE and NSGA-II
+A trial sets one Optuna constraint per recipe limit (`Trial.set_constraint`, which TPE, GP and NSGA-II
 read to steer away from infeasible regions — Optuna 5's replacement of `constraints_func`), and
 records the same values as user attr `constraints` and the verdict as `feasible`, which the front,
 the reports and optuna-dashboard read.
