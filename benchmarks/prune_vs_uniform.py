@@ -25,6 +25,7 @@ from search.runner import run_study  # noqa: E402
 from search.study import create_or_load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TRIALS = 40
 PRUNING_ONLY = ["space.rank=null", "space.precision=[fp32]", "space.importance=[l1]"]
 
 
@@ -54,7 +55,8 @@ def recipe_path(args: argparse.Namespace) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cifar", action="store_true", help="studies/cifar10_resnet_prune.yaml instead of digits")
-    parser.add_argument("--trials", type=int, default=40, help="searched policies")
+    parser.add_argument("--trials", type=int, default=TRIALS,
+                        help="searched policies (another budget gets its own section)")
     parser.add_argument("--grid", type=float, nargs="+", default=[0.25, 0.4, 0.55, 0.7, 0.85],
                         help="uniform keep ratios (multiples of the recipe's keep_step)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -106,9 +108,11 @@ def main() -> None:
     cfg = searched_cfg
     mode = " — quick" if args.quick else ""
     subset = f" on {cfg.train.max_train_samples} images" if cfg.train.max_train_samples else ""
+    budget = [] if args.quick or args.trials == TRIALS else [f"{args.trials}-trials"]
     write_section(
-        f"prune_vs_uniform-{variant_name(recipe, label[1:])}{'-quick' if args.quick else ''}",
-        f"Searched vs uniform pruning at matched latency ({' '.join(label)}{mode})",
+        f"prune_vs_uniform-{variant_name(recipe, [*label[1:], *budget])}{'-quick' if args.quick else ''}",
+        f"Searched vs uniform pruning at matched latency ({' '.join(label)}{mode}"
+        + (f", {args.trials} trials)" if budget else ")"),
         f"Base `{cfg.space.base.model}` {cfg.space.base.kwargs or ''} trained {cfg.space.base.epochs:g} epochs in the "
         f"study: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms, {base['macs'] / 1e6:.2f}M MACs, "
         f"{base['params'] / 1e3:.1f}K params. Every candidate: L1 channel pruning (round to {cfg.space.round_to}), "
