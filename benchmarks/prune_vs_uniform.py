@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from benchmarks.results import markdown_table, variant_name, write_section  # noqa: E402
+from benchmarks.results import budget_tag, markdown_table, variant_name, write_section  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
 from search.runner import run_study  # noqa: E402
 from search.study import create_or_load_study  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
     cfg = searched_cfg
     mode = " — quick" if args.quick else ""
     subset = f" on {cfg.train.max_train_samples} images" if cfg.train.max_train_samples else ""
-    budget = [] if args.quick or args.trials == TRIALS else [f"{args.trials}-trials"]
+    budget = [] if args.quick else budget_tag(args.trials, TRIALS)
     write_section(
         f"prune_vs_uniform-{variant_name(recipe, [*label[1:], *budget])}{'-quick' if args.quick else ''}",
         f"Searched vs uniform pruning at matched latency ({' '.join(label)}{mode}"

@@ -42,6 +42,11 @@ def variant_name(recipe: Path, overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", " ".join([Path(recipe).stem, *overrides])).strip("-")
 
 
+def budget_tag(trials: int, default: int) -> list[str]:
+    """Nothing for a script's default trial budget, else `["N-trials"]`, so another budget gets its own section."""
+    return [] if trials == default else [f"{trials}-trials"]
+
+
 def markdown_table(rows: list[dict[str, object]]) -> str:
     """A GitHub markdown table from a list of same-keyed dicts."""
     if not rows:

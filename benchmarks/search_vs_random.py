@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import RESULTS, markdown_table, shown, variant_name, write_section  # noqa: E402
+from benchmarks.results import RESULTS, budget_tag, markdown_table, shown, variant_name, write_section  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.pareto import hypervolume, pareto_mask  # noqa: E402
 from search.runner import run_study  # noqa: E402
@@ -85,7 +85,7 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
         print(recipe.stem, rows[-1], flush=True)
     table = markdown_table(rows)
     print(table)
-    budget = [] if args.trials == TRIALS else [f"{args.trials}-trials"]
+    budget = budget_tag(args.trials, TRIALS)
     variant = "".join(f" {o}" for o in args.overrides)
     slug = variant_name(recipe, [*args.overrides, *budget])
     plot = plot_fronts(slug, points, args.samplers, args.seeds)
