@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.train import evaluate, recalibrate_bn, train_model  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.objective import train_settings  # noqa: E402
@@ -87,8 +87,10 @@ def main() -> None:
                      "s per candidate": f"{cost[f] / len(candidates):.2f}"})
     table = markdown_table(rows)
     print(table)
-    write_section(f"proxy-{args.recipe.stem}", f"Proxy quality: {args.recipe.stem}",
-                  f"{len(candidates)} random candidates of `{shown(args.recipe)}`, each fine-tuned from "
+    variant = "".join(f" {o}" for o in args.overrides)
+    write_section(f"proxy-{variant_name(args.recipe, args.overrides)}", f"Proxy quality: {args.recipe.stem}{variant}",
+                  f"{len(candidates)} random candidates of `{shown(args.recipe)}`{variant and ' with' + variant}, "
+                  "each fine-tuned from "
                   f"the same start at every fidelity{how(config)}; rank correlation with the {ref}-epoch accuracy."
                   "\n\n" + table)
 

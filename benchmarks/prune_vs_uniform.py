@@ -4,13 +4,16 @@ AMC's comparison. One base network is trained once; then two studies prune it wi
 (L1), the same adaptive-BN + distilled fine-tune and the same latency measurement: a search over one
 keep ratio per prunable group (TPE), and a grid of uniform keep ratios (one ratio for every group,
 `granularity: global`, enqueued). For each uniform point, the table gives the most accurate searched
-policy that is at most as slow (and, noise-free, at most as many MACs).
+policy that is at most as slow (and, noise-free, at most as many MACs). The two studies are timed minutes
+apart, so each matched pair's ONNX files are then timed again back to back, alternating, to check that
+the searched policy is still the faster one once drift between the studies is gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -20,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from benchmarks.results import budget_tag, markdown_table, variant_name, write_section  # noqa: E402
+from search.artifacts import ONNX, artifact_store, fetch  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
-from search.runner import run_study  # noqa: E402
+from evaluators.latency import LatencyBackend  # noqa: E402
+from search.runner import make_backend, recipe_data, run_study  # noqa: E402
 from search.study import create_or_load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +45,30 @@ def done(study) -> list[FrozenTrial]:
 def best_within(trials: list[FrozenTrial], limit: float, key) -> FrozenTrial | None:
     """The most accurate trial whose `key` is at most `limit`."""
     ok = [t for t in trials if key(t) <= limit]
-    return max(ok, key=lambda t: t.values[0]) if ok else None
+    return max(ok, key=lambda t: (t.values[0], -t.values[1])) if ok else None
 
 
 def mean_keep(t: FrozenTrial) -> float:
     keep = list(t.user_attrs["candidate"]["keep"].values())
     return sum(keep) / len(keep)
+
+
+def retime(backend: LatencyBackend, cfg: StudyConfig, shape: tuple[int, ...], pair: tuple[Path, Path],
+           rounds: int = 3) -> tuple[float, float]:
+    """Median latency of a (uniform, searched) pair of ONNX files, timed alternately in `rounds` rounds."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for path, got in zip(pair, times):
+            got.append(backend.measure(path, shape, "fp32", cfg.latency.batch_size).median_ms)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def onnx_pair(pair: tuple[FrozenTrial, FrozenTrial], dirs: tuple[Path, Path], dest: Path) -> tuple[Path, Path] | None:
+    """The stored ONNX files of a (uniform, searched) pair of trials; None when either left its front (dropped)."""
+    paths = (dest / "uniform.onnx", dest / "searched.onnx")
+    dest.mkdir(parents=True, exist_ok=True)
+    ok = all(fetch(t, ONNX, artifact_store(d), path) for t, d, path in zip(pair, dirs, paths))
+    return paths if ok else None
 
 
 def recipe_path(args: argparse.Namespace) -> Path:
@@ -70,7 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         searched_cfg = study_config(recipe, Path(tmp), "searched", [*args.overrides, "space.granularity=group"])
         searched = run_study(searched_cfg, trials=args.trials, show_progress=False)
-        checkpoint = searched_cfg.run_dir / "base.pt"
+        checkpoint = searched_cfg.space.base.checkpoint or searched_cfg.run_dir / "base.pt"
         uniform_cfg = study_config(recipe, Path(tmp), "uniform", [
             *args.overrides, "space.granularity=global", "search.sampler=random", f"space.base.checkpoint={checkpoint}",
         ])
@@ -80,6 +103,7 @@ def main() -> None:
         uniform = run_study(uniform_cfg, trials=len(args.grid), show_progress=False)
         base = searched.user_attrs["base"]
         policies, grid = done(searched), sorted(done(uniform), key=mean_keep)
+        backend, shape = make_backend(searched_cfg.latency), recipe_data(searched_cfg).input_shape
         rows = []
         for u in grid:
             by_latency = best_within(policies, u.values[1], lambda t: t.values[1])
@@ -88,7 +112,7 @@ def main() -> None:
                 "uniform keep": f"{mean_keep(u):.2f}", "uniform acc": f"{u.values[0]:.4f}",
                 "uniform ms": f"{u.values[1]:.4f}", "uniform MACs": f"{u.user_attrs['macs'] / 1e6:.2f}M",
                 "searched acc (≤ ms)": "-", "searched ms": "-", "Δacc (≤ ms)": "-",
-                "searched acc (≤ MACs)": "-", "Δacc (≤ MACs)": "-",
+                "searched acc (≤ MACs)": "-", "Δacc (≤ MACs)": "-", "re-timed ms (uniform / searched)": "-",
             }
             if by_latency is not None:
                 row.update({"searched acc (≤ ms)": f"{by_latency.values[0]:.4f}",
@@ -98,6 +122,11 @@ def main() -> None:
                 row.update({"searched acc (≤ MACs)": f"{by_macs.values[0]:.4f}",
                             "Δacc (≤ MACs)": f"{by_macs.values[0] - u.values[0]:+.4f}"})
             rows.append(row)
+            pair = by_latency and onnx_pair((u, by_latency), (uniform_cfg.run_dir, searched_cfg.run_dir),
+                                            Path(tmp) / "retime" / str(u.number))
+            if pair:
+                u_ms, s_ms = retime(backend, searched_cfg, shape, pair)
+                row.update({"re-timed ms (uniform / searched)": f"{u_ms:.4f} / {s_ms:.4f}"})
             print(row, flush=True)
     table = markdown_table(rows)
     print(table)
@@ -113,14 +142,18 @@ def main() -> None:
         f"prune_vs_uniform-{variant_name(recipe, [*label[1:], *budget])}{'-quick' if args.quick else ''}",
         f"Searched vs uniform pruning at matched latency ({' '.join(label)}{mode}"
         + (f", {args.trials} trials)" if budget else ")"),
-        f"Base `{cfg.space.base.model}` {cfg.space.base.kwargs or ''} trained {cfg.space.base.epochs:g} epochs in the "
-        f"study: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms, {base['macs'] / 1e6:.2f}M MACs, "
+        f"Base `{cfg.space.base.model}` {cfg.space.base.kwargs or ''} "
+        + (f"from `{cfg.space.base.checkpoint}`" if cfg.space.base.checkpoint else
+           f"trained {cfg.space.base.epochs:g} epochs in the study")
+        + f": accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms, {base['macs'] / 1e6:.2f}M MACs, "
         f"{base['params'] / 1e3:.1f}K params. Every candidate: L1 channel pruning (round to {cfg.space.round_to}), "
         f"adaptive BN on {cfg.train.bn_batches} batches, {cfg.train.epochs:g} epoch(s) of fine-tune{subset} distilled from "
         f"the base (α {cfg.train.kd_alpha:g}, T {cfg.train.kd_temperature:g}), fp32, ONNX Runtime with "
         f"{cfg.latency.threads} thread, batch {cfg.latency.batch_size}. Searched: {len(policies)} TPE trials over one "
         f"keep ratio per prunable group in [{cfg.space.keep[0]:g}, {cfg.space.keep[1]:g}]; uniform: one ratio for "
-        f"every group. Accuracy on the {cfg.data.dataset} validation split.\n\n"
+        f"every group. Accuracy on the {cfg.data.dataset} validation split. The two studies are timed minutes apart; "
+        "the last column times each latency-matched pair's ONNX files again, alternately, 3 rounds each (median), "
+        "so drift between the studies cannot decide which is faster.\n\n"
         f"{table}\n\n"
         f"Load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in loads)} on {os.cpu_count()} "
         f"cores{busy}.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import platform
 import re
@@ -40,6 +41,15 @@ def shown(path: Path) -> str:
 def variant_name(recipe: Path, overrides: list[str]) -> str:
     """A recipe's name plus the overrides it ran with, as a file-name-safe slug (run names, plots, section keys)."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", " ".join([Path(recipe).stem, *overrides])).strip("-")
+
+
+def run_name(recipe: Path, overrides: list[str], limit: int = 80) -> str:
+    """`variant_name`, or the recipe's name plus a hash of the overrides where that is longer than `limit`
+    (study names are capped); stable across runs, so `--runs` folders are found again."""
+    name = variant_name(recipe, overrides)
+    if len(name) <= limit:
+        return name
+    return f"{Path(recipe).stem}-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:10]}"
 
 
 def budget_tag(trials: int, default: int) -> list[str]:

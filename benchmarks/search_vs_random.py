@@ -17,7 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import RESULTS, budget_tag, markdown_table, shown, variant_name, write_section  # noqa: E402
+from benchmarks.results import (  # noqa: E402
+    RESULTS, budget_tag, markdown_table, run_name, shown, variant_name, write_section,
+)
 from search.config import load_config  # noqa: E402
 from search.pareto import hypervolume, pareto_mask  # noqa: E402
 from search.runner import run_study  # noqa: E402
@@ -29,7 +31,7 @@ TRIALS = 30
 
 def run_one(recipe: Path, sampler: str, seed: int, trials: int, out: Path, overrides: list[str]) -> np.ndarray:
     """Run one study and return its completed (accuracy, latency) points."""
-    name = f"{variant_name(recipe, overrides)}-{sampler}-{seed}"
+    name = f"{run_name(recipe, overrides)}-{sampler}-{seed}"
     config = load_config(recipe, [*overrides, f"name={name}", f"output_dir={out}",
                                   f"search.sampler={sampler}", f"seed={seed}", f"search.trials={trials}"])
     study = run_study(config, show_progress=False)
@@ -88,7 +90,9 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
     budget = budget_tag(args.trials, TRIALS)
     variant = "".join(f" {o}" for o in args.overrides)
     slug = variant_name(recipe, [*args.overrides, *budget])
-    plot = plot_fronts(slug, points, args.samplers, args.seeds)
+    title = f"{recipe.stem}{variant if len(variant) <= 40 else ' (overrides)'}" + (
+        f", {args.trials} trials" if budget else "")
+    plot = plot_fronts(run_name(recipe, [*args.overrides, *budget]), title, points, args.samplers, args.seeds)
     write_section(
         f"search-vs-random-{slug}", f"Search vs random sampling: {recipe.stem}{variant}"
         + (f", {args.trials} trials" if budget else ""),
@@ -100,8 +104,10 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
     )
 
 
-def plot_fronts(name: str, points: dict[tuple[str, int], np.ndarray], samplers: list[str], seeds: int) -> Path:
-    """Every run's Pareto front, one colour per sampler, saved next to RESULTS.md."""
+def plot_fronts(
+    name: str, title: str, points: dict[tuple[str, int], np.ndarray], samplers: list[str], seeds: int
+) -> Path:
+    """Every run's Pareto front, one colour per sampler, saved next to RESULTS.md as `search_vs_random-NAME.png`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +123,7 @@ def plot_fronts(name: str, points: dict[tuple[str, int], np.ndarray], samplers: 
                     label=sampler if seed == 0 else None)
     ax.set_xlabel("median latency (ms)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{name}: fronts of {seeds} seeds per sampler")
+    ax.set_title(f"{title}: fronts of {seeds} seeds per sampler", fontsize=9)
     ax.legend()
     fig.tight_layout()
     path = RESULTS.parent / f"search_vs_random-{name}.png"
