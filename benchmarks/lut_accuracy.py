@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.latency_repeatability import load_note  # noqa: E402
-from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.latency.table import mape, spearman  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.lut import build_table, check_table  # noqa: E402
@@ -84,10 +84,13 @@ def main() -> None:
     print(facts)
     space_note = "the narrowed quick space (" + "; ".join(f"`{o}`" for o in QUICK_SPACE) + ")" if args.quick else (
         "the recipe's space")
-    body = (f"Recipe `{shown(args.recipe)}` with {space_note}; table coverage: {report.coverage}. "
+    extra = "".join(f" {o}" for o in args.overrides)
+    body = (f"Recipe `{shown(args.recipe)}` with {space_note}{extra and ' and' + extra}; "
+            f"table coverage: {report.coverage}. "
             f"Checked on {args.check} candidates sampled with other seeds than the correction's networks.\n\n"
             f"{out}\n\n{facts}\n\n{load_note()}")
-    write_section("lut_accuracy", "Latency table accuracy", body)
+    key = "lut_accuracy" + (f"-{variant_name(args.recipe, args.overrides)}" if args.overrides else "")
+    write_section(key, f"Latency table accuracy{extra and ':' + extra}", body)
 
 
 if __name__ == "__main__":
