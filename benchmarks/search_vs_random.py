@@ -30,12 +30,13 @@ TRIALS = 30
 
 
 def run_one(recipe: Path, sampler: str, seed: int, trials: int, out: Path, overrides: list[str]) -> np.ndarray:
-    """Run one study and return its completed (accuracy, latency) points."""
+    """Run one study and return the (accuracy, latency) points of its first `trials` completed trials (a study
+    of the `--runs` folder that was taken further with a larger budget is read at this one)."""
     name = f"{run_name(recipe, overrides)}-{sampler}-{seed}"
     config = load_config(recipe, [*overrides, f"name={name}", f"output_dir={out}",
                                   f"search.sampler={sampler}", f"seed={seed}", f"search.trials={trials}"])
     study = run_study(config, show_progress=False)
-    done = study.get_trials(states=(TrialState.COMPLETE,))
+    done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)[:trials]
     return np.array([t.values for t in done], dtype=float)
 
 
