@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from benchmarks.results import budget_tag, markdown_table, variant_name, write_section  # noqa: E402
+from evaluators.latency import LatencyBackend  # noqa: E402
 from search.artifacts import ONNX, artifact_store, fetch  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
-from evaluators.latency import LatencyBackend  # noqa: E402
 from search.runner import make_backend, recipe_data, run_study  # noqa: E402
 from search.study import create_or_load_study  # noqa: E402
 
@@ -53,13 +53,13 @@ def mean_keep(t: FrozenTrial) -> float:
     return sum(keep) / len(keep)
 
 
-def retime(backend: LatencyBackend, cfg: StudyConfig, shape: tuple[int, ...], pair: tuple[Path, Path],
+def retime(backend: LatencyBackend, shape: tuple[int, ...], batch_size: int, pair: tuple[Path, Path],
            rounds: int = 3) -> tuple[float, float]:
     """Median latency of a (uniform, searched) pair of ONNX files, timed alternately in `rounds` rounds."""
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for path, got in zip(pair, times):
-            got.append(backend.measure(path, shape, "fp32", cfg.latency.batch_size).median_ms)
+            got.append(backend.measure(path, shape, "fp32", batch_size).median_ms)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -91,7 +91,9 @@ def main() -> None:
         args.overrides.append("search.startup_trials=6")
     recipe = recipe_path(args)
     with tempfile.TemporaryDirectory() as tmp:
-        searched_cfg = study_config(recipe, Path(tmp), "searched", [*args.overrides, "space.granularity=group"])
+        searched_cfg = study_config(recipe, Path(tmp), "searched", [
+            *args.overrides, "space.granularity=group", "search.sampler=tpe",
+        ])
         searched = run_study(searched_cfg, trials=args.trials, show_progress=False)
         checkpoint = searched_cfg.space.base.checkpoint or searched_cfg.run_dir / "base.pt"
         uniform_cfg = study_config(recipe, Path(tmp), "uniform", [
@@ -125,7 +127,7 @@ def main() -> None:
             pair = by_latency and onnx_pair((u, by_latency), (uniform_cfg.run_dir, searched_cfg.run_dir),
                                             Path(tmp) / "retime" / str(u.number))
             if pair:
-                u_ms, s_ms = retime(backend, searched_cfg, shape, pair)
+                u_ms, s_ms = retime(backend, shape, searched_cfg.latency.batch_size, pair)
                 row.update({"re-timed ms (uniform / searched)": f"{u_ms:.4f} / {s_ms:.4f}"})
             print(row, flush=True)
     table = markdown_table(rows)
@@ -149,7 +151,7 @@ def main() -> None:
         f"{base['params'] / 1e3:.1f}K params. Every candidate: L1 channel pruning (round to {cfg.space.round_to}), "
         f"adaptive BN on {cfg.train.bn_batches} batches, {cfg.train.epochs:g} epoch(s) of fine-tune{subset} distilled from "
         f"the base (α {cfg.train.kd_alpha:g}, T {cfg.train.kd_temperature:g}), fp32, ONNX Runtime with "
-        f"{cfg.latency.threads} thread, batch {cfg.latency.batch_size}. Searched: {len(policies)} TPE trials over one "
+        f"{cfg.latency.threads} thread, batch {cfg.latency.batch_size}. Searched: {len(policies)} {cfg.search.sampler.upper()} trials over one "
         f"keep ratio per prunable group in [{cfg.space.keep[0]:g}, {cfg.space.keep[1]:g}]; uniform: one ratio for "
         f"every group. Accuracy on the {cfg.data.dataset} validation split. The two studies are timed minutes apart; "
         "the last column times each latency-matched pair's ONNX files again, alternately, 3 rounds each (median), "
