@@ -100,9 +100,14 @@ def train_model(
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
     opt = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay, nesterov=True
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
+        nesterov=settings.momentum > 0,
     )
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(  # momentum swings ±0.05 against the learning rate
+        opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.15, cycle_momentum=settings.momentum > 0,
+        base_momentum=max(0.0, round(settings.momentum - 0.05, 6)),
+        max_momentum=min(0.99, round(settings.momentum + 0.05, 6)),
+    )
     if teacher is not None:
         teacher.eval()
     step, loss_value = 0, float("nan")

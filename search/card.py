@@ -62,7 +62,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         "All numbers were measured again at export. Files: " + ", ".join(f"`{f}`" for f in card["files"]) + ".",
         "",
         "Load the PyTorch model: `search.export.rebuild(DIR)` (the recipe's space builds `candidate.json`, "
-        "then `model.pt`, a state_dict, is loaded into it).",
+        "then `model.pt`, a state_dict, is loaded into it; the recipe's data and, for a compression study, its "
+        "base checkpoint must be where the recipe says). `model.onnx` needs nothing else.",
         "",
     ]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluators.data import DATASETS
+from evaluators.latency import BACKENDS
 from search.errors import ConfigError
 from spaces import SPACES, get_space
 
@@ -22,6 +23,8 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    """Recipe section `data:`: which images, at what size, and how many are held out to score candidates."""
+
     dataset: str = Field("digits", description="digits, or a dataset read from data.root")
     root: str | None = Field(None, description="local folder for datasets that are not bundled")
     image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this side (None: native)")
@@ -36,6 +39,8 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
+    """Recipe section `train:`: the quick fine-tune every candidate gets before it is scored."""
+
     epochs: float = Field(3.0, gt=0, description="fine-tune length in epochs (fractions allowed)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.05, gt=0)
@@ -53,6 +58,8 @@ class TrainConfig(Section):
 
 
 class LatencyConfig(Section):
+    """Recipe section `latency:`: the engine, precision and batch that latency is measured with."""
+
     backend: str = Field("auto", description="auto, onnxruntime, tensorrt or torch")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     batch_size: int = Field(1, ge=1)
@@ -64,6 +71,13 @@ class LatencyConfig(Section):
         None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"
     )
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value != "auto" and value not in BACKENDS:
+            raise ValueError(f"unknown latency backend {value!r}; known: auto, {', '.join(sorted(BACKENDS))}")
+        return value
+
     @model_validator(mode="after")
     def _budget_needs_table(self) -> "LatencyConfig":
         if self.budget_ms is not None and self.table is None:
@@ -74,6 +88,8 @@ class LatencyConfig(Section):
 
 
 class SearchConfig(Section):
+    """Recipe section `search:`: the sampler and the trial budget."""
+
     sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
     trials: int = Field(30, ge=1, description="completed trials to reach")
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
@@ -134,7 +150,8 @@ def _format_errors(source: str, exc: ValidationError, prefix: str = "") -> str:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    """Apply `key.sub=value` overrides; values are parsed as YAML (numbers, lists, null), and a
+    numeric part indexes a list (`space.stages.0.width=[8, 16]`)."""
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -143,12 +160,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts = [p for p in re.split(r"\.", key.strip()) if p]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
-        node = out
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        node: Any = out
+        for depth, p in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(
+                        f"--set {item!r}: {'.'.join(parts[:depth]) or 'the recipe'} is a list of {len(node)}; "
+                        f"index it with 0..{len(node) - 1}"
+                    )
+                p = int(p)
+            elif not isinstance(node.get(p), (dict, list)) and not last:
                 node[p] = {}
-            node = node[p]
-        node[parts[-1]] = yaml.safe_load(value)
+            if last:
+                node[p] = parsed
+            else:
+                node = node[p]
     return out
 
 
@@ -181,6 +212,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
         raise ConfigError(f"{path}: no such recipe file")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML recipe (it is not text)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if isinstance(raw, dict):

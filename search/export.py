@@ -35,7 +35,7 @@ from search.compress_eval import compress_trial, versus_base
 from search.config import StudyConfig, validate_config
 from search.errors import UsageError
 from search.objective import train_settings
-from search.runner import StudyContext, build_context
+from search.runner import StudyContext, build_context, build_space, recipe_data
 
 PICKS = ("fastest", "most-accurate", "knee")
 ONNX_TOLERANCE = 1e-4
@@ -269,9 +269,11 @@ def export_trial(
 
 
 def rebuild(out: str | Path) -> nn.Module:
-    """The exported PyTorch model, rebuilt from an export directory (recipe.yaml, candidate.json, model.pt)."""
+    """The exported PyTorch model, rebuilt from an export directory (recipe.yaml, candidate.json, model.pt).
+    The recipe's space builds it, so its data (for the shapes) and, in a compression study, its base checkpoint
+    must be where the recipe says; no latency backend is opened."""
     out = Path(out)
     config = validate_config(yaml.safe_load((out / "recipe.yaml").read_text()), str(out / "recipe.yaml"))
-    model = build_context(config).space.build(json.loads((out / "candidate.json").read_text()))
+    model = build_space(config, recipe_data(config)).build(json.loads((out / "candidate.json").read_text()))
     model.load_state_dict(torch.load(out / WEIGHTS, map_location="cpu", weights_only=True))
     return model.eval()

@@ -90,6 +90,15 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def read_frozen(path: Path) -> StudyConfig:
+    """The recipe frozen at `path`; a damaged or hand-broken file is a ConfigError that says so."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: the frozen recipe is not readable YAML ({exc})") from None
+    return validate_config(raw, str(path))
+
+
 def check_and_freeze(config: StudyConfig, storage: str) -> Path:
     """Freeze the recipe into a new run directory, or check it against the frozen one of an existing
     directory: keys that may change on resume are updated, any other difference is a ConfigError."""
@@ -100,7 +109,7 @@ def check_and_freeze(config: StudyConfig, storage: str) -> Path:
         write_atomically(path, mine)
         return path
     try:
-        frozen = validate_config(yaml.safe_load(path.read_text()), str(path))
+        frozen = read_frozen(path)
     except ConfigError as exc:
         raise ConfigError(f"{path} no longer validates, so this study cannot be resumed: {exc}") from None
     theirs = frozen_form(frozen, own_storage(frozen) or storage)

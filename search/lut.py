@@ -199,6 +199,8 @@ class CheckRow:
 
 @dataclass
 class CheckReport:
+    """What `lut check` found: one row per sampled network, the MAPE and the rank correlation."""
+
     rows: list[CheckRow]
     mape: float
     spearman: float
@@ -275,6 +277,7 @@ class LatencyBudget:
         return cls(load_table(lat.table, backend, lat.precision, lat.batch_size), space, lat.budget_ms, lat.table)
 
     def predict(self, candidate: dict[str, Any]) -> Prediction:
+        """The table's latency prediction for a candidate, from its units."""
         return self.table.predict(self.space.units(candidate))
 
     def check(self, trial: optuna.Trial, candidate: dict[str, Any]) -> None:

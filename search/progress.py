@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -13,7 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class StudyProgress:
     """Optuna callback that advances a bar on each completed trial and prints one line per trial."""
 
-    def __init__(self, total: int, done: int, describe=None, console: Console | None = None) -> None:
+    def __init__(
+        self, total: int, done: int, describe: Callable[[dict[str, Any]], str] | None = None,
+        console: Console | None = None,
+    ) -> None:
         self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
         self.describe = describe
         self.progress = Progress(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from search.executors.lock import record_protocol
 from search.objective import Objective
 from search.progress import StudyProgress
 from search.recovery import recover_stale_trials
-from search.study import CONFIG_FILE, create_or_load_study, freeze_config
-from spaces import Space, get_space
+from search.study import create_or_load_study, frozen_recipe
+from spaces import Candidate, Space, get_space
 from spaces.compress import CompressError
 
 
@@ -87,12 +88,13 @@ def make_backend(lat: LatencyConfig, cache_dir: Path | None = None) -> LatencyBa
     return backend
 
 
-def describe(space: Space):
+def describe(space: Space) -> Callable[[Candidate], str] | None:
     """The space's one-line candidate summary, if it offers one."""
     return getattr(space, "describe", None)
 
 
 def completed(study: optuna.Study) -> int:
+    """How many trials of the study have completed."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
@@ -137,15 +139,9 @@ def run_study(
     timeout = timeout or config.search.timeout
     optuna.logging.set_verbosity(logging.WARNING)
     torch.set_num_threads(config.train.threads or max(1, (os.cpu_count() or 1) // workers))
-    fresh = not (config.run_dir / CONFIG_FILE).exists()
-    freeze_config(config)
-    try:
+    with frozen_recipe(config):
         ctx = build_context(config)
-    except Exception:
-        if fresh:
-            (config.run_dir / CONFIG_FILE).unlink(missing_ok=True)
-        raise
-    study = create_or_load_study(config)
+        study = create_or_load_study(config)
     check_backend(study, ctx.backend, config.latency.precision)
     if recover:
         recover_stale_trials(study)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
-import yaml
 
-from search.config import StudyConfig, validate_config
+from search.config import StudyConfig
 from search.errors import UsageError
 from search.executors.seeding import ProcessSeededSampler
-from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, run_dir_storage
+from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, read_frozen, run_dir_storage
 from search.recovery import grace_period
 
 OBJECTIVES = ("accuracy", "latency_ms")
@@ -58,6 +59,11 @@ def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.Base
             time.sleep(1.0)
         except sqlalchemy.exc.OperationalError as exc:
             raise UsageError(f"storage {sqlalchemy.engine.make_url(url)}: cannot open it: {exc.orig}") from None
+        except (sqlalchemy.exc.ArgumentError, ImportError) as exc:
+            raise UsageError(
+                f"storage {url!r}: not a usable database URL ({exc}); expected sqlite:///path/to/study.db or "
+                "postgresql://user@host:5432/database"
+            ) from None
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -79,10 +85,20 @@ def seeded_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSample
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def freeze_config(config: StudyConfig) -> Path:
-    """Freeze the resolved recipe (with its storage URL) into a new run directory; for an existing one,
-    refuse a recipe that changes the study (see search/frozen.py)."""
-    return check_and_freeze(config, storage_url(config))
+@contextmanager
+def frozen_recipe(config: StudyConfig) -> Iterator[None]:
+    """Freeze the resolved recipe (with its storage URL) into the run directory, refusing one that changes an
+    existing study (see search/frozen.py). Wraps the opening of the study: if that fails in a new run
+    directory, the frozen recipe is taken back, so a corrected command (another --storage, a data root that
+    exists) can start it."""
+    fresh = not (config.run_dir / CONFIG_FILE).exists()
+    check_and_freeze(config, storage_url(config))
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            (config.run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        raise
 
 
 def load_run_config(run_dir: str | Path) -> StudyConfig:
@@ -91,7 +107,7 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); start one with `slimsearch run`")
-    config = validate_config(yaml.safe_load(path.read_text()), str(path))
+    config = read_frozen(path)
     config.storage = own_storage(config)
     if run_dir.resolve().name == config.name:
         config.output_dir = str(run_dir.resolve().parent)

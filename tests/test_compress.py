@@ -13,7 +13,9 @@ import torch_pruning as tp
 from evaluators.data import load_data
 from evaluators.train import TrainSettings, evaluate, recalibrate_bn, train_model
 from spaces import RandomSuggest
-from spaces.compress import CompressError, CompressSpace, CompressSpaceConfig, build_model, compress, prunable_groups
+from spaces.compress import (
+    CompressError, CompressSpace, CompressSpaceConfig, build_model, compress, load_checkpoint, prunable_groups,
+)
 from spaces.compress.importance import make_importance
 from spaces.compress.lowrank import factorize_conv, factorize_linear, factorize_layers
 from spaces.compress.nets import tiny_resnet
@@ -255,3 +257,14 @@ def test_recalibrate_bn_restores_corrupted_statistics(trained, digits):
     assert recalibrate_bn(model, digits.train, batches=10, batch_size=64) == 640
     assert evaluate(model, digits.val) >= good - 0.05
     assert not model.training
+
+
+@pytest.mark.parametrize("content", ["damaged", "whole model"])
+def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path, content):
+    path = tmp_path / "base.pt"
+    if content == "damaged":
+        path.write_bytes(b"not a zip archive")
+    else:
+        torch.save(nn.Linear(2, 2), path)
+    with pytest.raises(CompressError, match=r"base\.pt: not a readable state dict .* torch\.save\(model\.state_dict\(\)"):
+        load_checkpoint(nn.Linear(2, 2), path)

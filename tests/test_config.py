@@ -36,6 +36,8 @@ def test_set_overrides_nested_keys(recipe_file):
         ({"space.stem_width": [12, 24]}, "space", "multiple of round_to"),
         ({"data.dataset": "imagenet"}, "data.dataset", "unknown dataset"),
         ({"space.type": "galaxy"}, "space.type", "unknown space"),
+        ({"space.stem_width": [24, 8]}, "space.stem_width", "1 <= low <= high"),
+        ({"latency.backend": "onnx"}, "latency.backend", "unknown latency backend 'onnx'; known: auto, onnxruntime"),
     ],
 )
 def test_bad_recipe_names_the_field(recipe_file, changes, field, expected):
@@ -63,3 +65,26 @@ def test_missing_recipe_file_is_a_usage_error(tmp_path):
     )
     assert proc.returncode == 2
     assert "no such recipe file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_set_indexes_lists_and_refuses_what_it_cannot_place(recipe_file):
+    recipe = recipe_file()
+    config = load_config(recipe, ["space.stages.1.width=[8, 16]"])
+    assert config.space.stages[1].width == (8, 16)
+    assert config.space.stages[0] == load_config(recipe).space.stages[0]
+    with pytest.raises(ConfigError, match=r"space.stages is a list of \d+; index it with 0\.\.\d+"):
+        load_config(recipe, ["space.stages.9.width=[8, 16]"])
+    with pytest.raises(ConfigError, match="the value is not valid YAML"):
+        load_config(recipe, ["space.blocks=[conv"])
+
+
+def test_messages_with_brackets_print_as_written(recipe_file, capsys):
+    assert main(["validate", str(recipe_file(**{"space.stem_width": [24, 8]}))]) == 2
+    assert "expected [low, high] with 1 <= low <= high, got [24, 8]" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_text_is_not_a_recipe(tmp_path, capsys):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)))
+    assert main(["validate", str(binary)]) == 2
+    assert "not a YAML recipe (it is not text)" in capsys.readouterr().err

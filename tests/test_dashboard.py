@@ -14,7 +14,7 @@ from pathlib import Path
 from search.artifacts import ARTIFACTS_DIR, front_numbers
 from search.config import load_config
 from search.runner import run_study
-from search.study import create_or_load_study, freeze_config
+from search.study import create_or_load_study, frozen_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,8 +74,8 @@ def test_dashboard_serves_study_trials_and_artifacts(recipe_file):
 
 def test_dashboard_on_a_busy_port_is_a_usage_error(recipe_file):
     config = load_config(recipe_file())
-    freeze_config(config)
-    create_or_load_study(config)
+    with frozen_recipe(config):
+        create_or_load_study(config)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -39,3 +39,29 @@ def test_one_bad_candidate_fails_alone_and_the_study_completes(recipe_file, caps
     assert main(["status", str(config.run_dir)]) == 0
     out = capsys.readouterr().out
     assert "3 trials (2 complete, 1 fail)" in out and error[:40] in out.replace("\n", "")
+
+
+def test_a_storage_that_cannot_be_opened_leaves_the_run_directory_free(recipe_file, capsys):
+    recipe = recipe_file(**{"search.trials": 1})
+    assert main(["run", str(recipe), "--no-progress", "--storage", "not-a-url"]) == 2
+    assert "storage 'not-a-url': not a usable database URL" in capsys.readouterr().err
+    config = load_config(recipe)
+    assert not (config.run_dir / "config.yaml").exists()
+    assert main(["run", str(recipe), "--no-progress"]) == 0  # the corrected command starts the study
+
+
+def test_a_damaged_frozen_recipe_is_reported_not_raised(recipe_file, capsys):
+    recipe = recipe_file(**{"search.trials": 1})
+    assert main(["run", str(recipe), "--no-progress"]) == 0
+    config = load_config(recipe)
+    (config.run_dir / "config.yaml").write_text("name: [unclosed\n")
+    for argv in (["resume", str(config.run_dir)], ["run", str(recipe)], ["status", str(config.run_dir)]):
+        assert main([*argv, "--no-progress"] if argv[0] != "status" else argv) == 2
+        err = capsys.readouterr().err
+        assert "config.yaml" in err and "not readable YAML" in err and "Traceback" not in err
+
+
+def test_plain_sgd_without_momentum_trains(recipe_file):
+    config = load_config(recipe_file(**{"train.momentum": 0, "search.trials": 1}))
+    study = run_study(config, show_progress=False)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]

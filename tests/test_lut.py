@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from evaluators.latency import get_backend
-from evaluators.latency.table import LatencyTable, fit_correction, unit_key
+from evaluators.latency.table import LatencyTable, TableError, fit_correction, unit_key
 from search.cli import main
 from search.config import load_config
 from search.errors import UsageError
@@ -166,3 +166,11 @@ def test_unreachable_budget_fails_after_a_streak(built, tmp_path):
 def test_budget_without_table_is_a_config_error(tmp_path):
     recipe = write_recipe(tmp_path / "bad.yaml", tmp_path, **{"latency.budget_ms": 0.1})
     assert main(["validate", str(recipe)]) == 2
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "\xff\xfe"])
+def test_a_file_that_is_not_a_table_is_a_table_error(tmp_path, content):
+    path = tmp_path / "table.json"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(TableError, match="not a latency table written by `slimsearch lut build`"):
+        LatencyTable.load(path)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.config import load_config
 from search.recovery import recover_stale_trials
-from search.study import create_or_load_study, freeze_config, storage_url
+from search.study import create_or_load_study, frozen_recipe, storage_url
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,8 @@ def test_sigkill_mid_trial_then_resume(recipe_file, capsys):
     assert (config.run_dir / "config.yaml").read_text() == frozen
 
     # More trials (or a time limit) may be asked of the same study: the frozen config records them.
-    freeze_config(load_config(recipe, ["search.trials=5", "search.timeout=60"]))
+    with frozen_recipe(load_config(recipe, ["search.trials=5", "search.timeout=60"])):
+        pass
     refrozen = yaml.safe_load((config.run_dir / "config.yaml").read_text())
     assert refrozen["search"]["trials"] == 5 and refrozen["search"]["timeout"] == 60
     assert {k: v for k, v in refrozen.items() if k != "search"} == {

@@ -100,9 +100,25 @@ def test_same_seed_fresh_study_draws_what_the_seed_gives(recipe_file):
     [
         (["--executor", "ray", "--workers", "2"], "--workers: only for --executor local"),
         (["--max-concurrent", "2"], "--max-concurrent: only for --executor ray"),
-        (["--workers", "0"], "expected a positive number"),
     ],
 )
 def test_executor_flags_that_do_not_fit_are_usage_errors(recipe_file, capsys, flags, message):
     assert main(["run", str(recipe_file()), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--workers", "0"], "--workers: expected a number above 0, got 0"),
+        (["--trials", "-1"], "--trials: expected a number above 0, got -1"),
+        (["--timeout", "soon"], "--timeout: expected a float, got 'soon'"),
+    ],
+)
+def test_numbers_on_the_command_line_are_checked_before_anything_runs(recipe_file, capsys, flags, message):
+    recipe = recipe_file()
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(recipe), *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (recipe.parent / "runs").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch.nn as nn
@@ -14,6 +14,9 @@ from evaluators.latency.base import BackendUnavailable, LatencyStats, check_inpu
 from evaluators.latency.timing import cpu_rounds
 from evaluators.onnx_export import export_onnx
 from evaluators.precision import convert_precision
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -73,7 +76,7 @@ class OnnxRuntimeBackend:
     def device(self) -> str:
         return f"{cpu_name()} ({self.threads} thread{'s' if self.threads > 1 else ''})"
 
-    def session(self, onnx_path: str | Path):
+    def session(self, onnx_path: str | Path) -> ort.InferenceSession:
         """An inference session pinned to `threads` intra-op threads and sequential execution."""
         import onnxruntime as ort
 

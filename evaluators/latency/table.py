@@ -216,9 +216,9 @@ class LatencyTable:
             raise TableError(f"{path}: no such latency table; build one with `slimsearch lut build STUDY.yaml`")
         try:
             data = json.loads(path.read_text())
-            if data.pop("format", None) != FORMAT:
+            if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
                 raise ValueError(f"expected format {FORMAT}")
             data["correction"] = Correction(**data["correction"])
             return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
             raise TableError(f"{path}: not a latency table written by `slimsearch lut build` ({exc})") from None

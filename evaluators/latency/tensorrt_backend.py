@@ -27,7 +27,7 @@ import torch.nn as nn
 from evaluators.latency.base import (
     BackendUnavailable, LatencyStats, UnsupportedRequest, check_input, onnx_input_dims, register_backend,
 )
-from evaluators.latency.timing import cuda_event_times
+from evaluators.latency.timing import Timings, cuda_event_times
 from evaluators.onnx_export import export_onnx, file_sha256
 from evaluators.precision import PrecisionError, convert_precision, quantize_int8
 
@@ -214,7 +214,7 @@ class TensorRTBackend:
             profile.set_shape(tensor.name, shape, shape, shape)
         config.add_optimization_profile(profile)
 
-    def _time(self, engine: Any, shape: tuple[int, ...]):
+    def _time(self, engine: Any, shape: tuple[int, ...]) -> tuple[Timings, str]:
         """Allocate I/O on the GPU, capture the enqueue into a CUDA graph, and time it with CUDA events."""
         trt = self._trt
         context = engine.create_execution_context()

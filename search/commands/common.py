@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -22,5 +23,37 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_budget_args(parser: argparse.ArgumentParser) -> None:
+    """`--trials`, `--timeout` and `--no-progress`, shared by `run` and `resume`."""
+    parser.add_argument("--trials", type=positive(int), help="completed trials to reach (default: search.trials of the recipe)")
+    parser.add_argument("--timeout", type=positive(float), help="stop starting trials after this many seconds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of `kind` above zero, or a usage message saying what was given."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def tcp_port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    value = positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text}")
+    return int(value)
+
+
 def recipe_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The recipe named on the command line, with its `--set` overrides, validated."""
     return load_config(args.recipe, args.overrides)

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from search.artifacts import artifact_store
-from search.commands.common import console
+from search.commands.common import console, tcp_port
 from search.errors import UsageError
 from search.study import open_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `dashboard` sub-command to the parser."""
     p = sub.add_parser(
         "dashboard", help="watch a run in optuna-dashboard: trials, objectives, user attrs, artifacts",
         description="Serve the study of RUN_DIR in optuna-dashboard: its objectives by name, every trial's "
@@ -19,11 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    p.add_argument("--port", type=tcp_port, default=8080, help="port to listen on (default: 8080)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `slimsearch dashboard`; returns the exit code."""
     from optuna_dashboard import run_server
 
     config, study = open_study(args.run_dir)

@@ -12,6 +12,7 @@ from search.study import open_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `export` sub-command to the parser."""
     p = sub.add_parser(
         "export", help="export a trial: model.pt, model.onnx, a TensorRT engine where possible, card.md/json",
         description="Export one trial of a run, re-measured: its weights (model.pt + candidate.json), model.onnx "
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `slimsearch export`; returns the exit code."""
     if args.finetune_epochs is not None and args.finetune_epochs <= 0:
         raise UsageError(f"--finetune-epochs: expected a positive number of epochs, got {args.finetune_epochs}")
     config, study = open_study(args.run_dir)

@@ -24,6 +24,7 @@ from spaces import get_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `latency` sub-command to the parser."""
     p = sub.add_parser(
         "latency", help="measure the latency of an ONNX model, or of candidates of a recipe, on a backend",
         description="Time one ONNX model, or candidates of a study recipe (sampled, or a trial of its run), on a "
@@ -80,6 +81,7 @@ def latency_settings(args: argparse.Namespace, base: LatencyConfig) -> LatencyCo
 
 
 def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
+    """Time the ONNX file named on the command line, under the machine's latency lock."""
     dims = onnx_input(args.target)
     if len(dims) != 4:
         raise UsageError(f"{args.target}: expected an image model with a 4-d input (N, C, H, W), got {len(dims)}-d")
@@ -130,6 +132,7 @@ def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[t
 
 
 def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
+    """Time the recipe's sampled candidates or trial, under the machine's latency lock."""
     config = load_config(args.target, args.overrides)
     lat = latency_settings(args, config.latency)
     models, shape = recipe_models(args, config)
@@ -143,6 +146,7 @@ def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `slimsearch latency`; returns the exit code."""
     if not args.target.is_file():
         raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")
     try:

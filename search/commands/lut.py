@@ -9,16 +9,19 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from evaluators.latency import LatencyBackend
 from search.commands.common import add_recipe_args, console, recipe_from_args
 from search.config import StudyConfig
 from search.errors import UsageError
 from search.lut import build_table, check_table, load_table, require_units
 from search.runner import build_space, make_backend, recipe_data
+from spaces import Space
 
 TABLE_FILE = "latency_table.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `lut` sub-command to the parser."""
     p = sub.add_parser(
         "lut", help="build a latency table of a blocks space on this machine, or check its predictions",
         description="Latency tables, keyed by block type, input and output shapes, stride and options, measured on "
@@ -48,7 +51,8 @@ def _progress() -> Progress:
                     console=console, transient=True)
 
 
-def _open(config: StudyConfig):
+def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
+    """The recipe's blocks space and its latency backend."""
     data = recipe_data(config)
     space = build_space(config, data)
     require_units(space)
@@ -57,6 +61,7 @@ def _open(config: StudyConfig):
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """`slimsearch lut build`: measure every unit of the recipe's space and fit the table's correction."""
     config = recipe_from_args(args)
     if min(args.max_configs, args.samples, args.networks) < 0:
         raise UsageError("--max-configs, --samples and --networks must not be negative")
@@ -85,6 +90,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """`slimsearch lut check`: compare the table's predictions with measured latencies (MAPE, Spearman)."""
     config = recipe_from_args(args)
     if args.samples < 2:
         raise UsageError(f"--samples {args.samples}: need at least 2 candidates to rank")

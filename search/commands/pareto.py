@@ -13,6 +13,7 @@ from spaces import get_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `pareto` sub-command to the parser."""
     p = sub.add_parser("pareto", help="print the Pareto front of a run and write pareto.csv/png/html")
     p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
     p.set_defaults(func=run)
@@ -40,5 +41,6 @@ def show_front(run_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `slimsearch pareto`; returns the exit code."""
     show_front(args.run_dir)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands.common import add_recipe_args, console, recipe_from_args
+from search.commands.common import add_budget_args, add_recipe_args, console, positive, recipe_from_args
 from search.commands.pareto import show_front
 from search.errors import UsageError
 from search.executors.local import run_workers
@@ -12,25 +12,24 @@ from search.runner import run_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `run` sub-command to the parser."""
     p = sub.add_parser(
         "run", help="run a study (resumes it if its run directory exists)",
         description="Run a study until it has the requested number of completed trials. Running the same recipe "
         "again resumes it.",
     )
     add_recipe_args(p)
-    p.add_argument("--trials", type=int, help="completed trials to reach (default: search.trials of the recipe)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    add_budget_args(p)
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in the run dir)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     ex = p.add_argument_group("executors", "where trials run (all write to the same Optuna storage)")
     ex.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local: processes on this machine (default); ray: Ray Tune trials on a local or existing Ray")
-    ex.add_argument("--workers", type=int, default=1, metavar="N",
+    ex.add_argument("--workers", type=positive(int), default=1, metavar="N",
                     help="local executor: N worker processes sharing the study (default 1)")
     ex.add_argument("--address", help="ray executor: address of an existing Ray cluster (default: start a local Ray)")
     ex.add_argument("--cpus-per-trial", type=float, metavar="C", help="ray executor: CPUs per trial (default 1)")
     ex.add_argument("--gpus-per-trial", type=float, metavar="G", help="ray executor: GPUs per trial (default 0)")
-    ex.add_argument("--max-concurrent", type=int, metavar="K",
+    ex.add_argument("--max-concurrent", type=positive(int), metavar="K",
                     help="ray executor: trials running at once (default: cluster CPUs / CPUs per trial)")
     p.set_defaults(func=run)
 
@@ -46,11 +45,10 @@ def check_executor_args(args: argparse.Namespace) -> None:
             raise UsageError(f"{', '.join(given)}: only for --executor ray")
     elif args.workers != 1:
         raise UsageError("--workers: only for --executor local (with Ray, use --max-concurrent)")
-    if args.workers < 1 or (args.max_concurrent is not None and args.max_concurrent < 1):
-        raise UsageError("--workers and --max-concurrent: expected a positive number")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `slimsearch run`; returns the exit code."""
     if args.storage:
         args.overrides.append(f"storage={args.storage}")
     check_executor_args(args)

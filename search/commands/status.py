@@ -13,12 +13,14 @@ from spaces import get_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `status` sub-command to the parser."""
     p = sub.add_parser("status", help="table of all trials of a run, Pareto front starred")
     p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `slimsearch status`; returns the exit code."""
     config, study = open_study(args.run_dir)
     df = trials_frame(study, getattr(get_space(config.space.type), "describe", None))
     if df.empty:

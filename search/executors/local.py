@@ -21,7 +21,7 @@ from search.executors.lock import record_protocol
 from search.progress import StudyProgress
 from search.recovery import recover_stale_trials
 from search.runner import completed, run_study
-from search.study import create_or_load_study, freeze_config
+from search.study import create_or_load_study, frozen_recipe
 from spaces import get_space
 
 POLL_SECONDS = 1.0
@@ -43,6 +43,7 @@ class StorageFollower:
         self.seen = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
 
     def poll(self) -> None:
+        """Pass each newly finished trial of the study to the callback, in trial order."""
         for trial in sorted(self.study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
             if trial.number not in self.seen:
                 self.seen.add(trial.number)
@@ -59,8 +60,8 @@ def run_workers(
     target = trials or config.search.trials
     timeout = timeout or config.search.timeout
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    freeze_config(config)
-    study = create_or_load_study(config)
+    with frozen_recipe(config):
+        study = create_or_load_study(config)
     recover_stale_trials(study)
     record_protocol(study, "local", workers)
     done = completed(study)

@@ -34,7 +34,7 @@ from search.progress import StudyProgress
 from search.recovery import recover_stale_trials
 from search.runner import build_context, build_space, check_backend, completed, recipe_data
 from search.study import (
-    DIRECTIONS, OBJECTIVES, create_or_load_study, freeze_config, make_sampler, make_storage, storage_url,
+    DIRECTIONS, OBJECTIVES, create_or_load_study, frozen_recipe, make_sampler, make_storage, storage_url,
 )
 from search.suggest import OptunaSuggest
 from spaces import Space
@@ -102,8 +102,8 @@ def run_ray(
     timeout = timeout or config.search.timeout
     max_consecutive_failures = max_consecutive_failures or config.search.max_consecutive_failures
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    freeze_config(config)
-    study = create_or_load_study(config)
+    with frozen_recipe(config):
+        study = create_or_load_study(config)
     recover_stale_trials(study)
     if completed(study) >= target:
         return study

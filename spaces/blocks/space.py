@@ -14,6 +14,13 @@ from spaces.registry import Candidate, register_space
 from spaces.suggest import Suggest
 
 
+def _ordered_range(value: tuple[int, int]) -> tuple[int, int]:
+    """A [low, high] range of positive integers, checked before any trial samples from it."""
+    if not 1 <= value[0] <= value[1]:
+        raise ValueError(f"expected [low, high] with 1 <= low <= high, got {list(value)}")
+    return value
+
+
 class StageConfig(BaseModel):
     """One stage: its stride is fixed by the recipe; its width and depth are searched in a range."""
 
@@ -26,9 +33,7 @@ class StageConfig(BaseModel):
     @field_validator("width", "depth")
     @classmethod
     def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= value[0] <= value[1]:
-            raise ValueError(f"expected [low, high] with 1 <= low <= high, got {list(value)}")
-        return value
+        return _ordered_range(value)
 
 
 class BlocksSpaceConfig(BaseModel):
@@ -46,6 +51,11 @@ class BlocksSpaceConfig(BaseModel):
         default_factory=dict, description="per-block option choices overriding the block's defaults"
     )
     round_to: int = Field(8, ge=1)
+
+    @field_validator("stem_width")
+    @classmethod
+    def _ordered_stem(cls, value: tuple[int, int]) -> tuple[int, int]:
+        return _ordered_range(value)
 
     @field_validator("blocks")
     @classmethod

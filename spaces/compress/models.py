@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import importlib
 import inspect
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,13 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"checkpoint {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        raise CompressError(
+            f"checkpoint {path}: not a readable state dict (a damaged file, or one that pickles more than tensors, "
+            "such as a whole model); save one with torch.save(model.state_dict(), path)"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
