@@ -11,21 +11,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from evaluators.latency.base import cpu_name
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ROOT = RESULTS.parents[1]
 
 
 def machine() -> str:
-    """CPU model, core count, OS and Python, as one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    """CPU (as the latency backends name it), core count, OS and Python, as one line."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def command_line() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from evaluators.latency import BackendUnavailable, UnsupportedRequest, get_backend, resolve_backend_name
+from evaluators.latency.base import SIMD_FLAGS, cpu_name
 from evaluators.latency.tensorrt_backend import quantize_int8_symmetric
 from evaluators.onnx_export import export_onnx
 from search.cli import main
@@ -150,3 +152,18 @@ def test_tensorrt_times_a_dynamic_batch_onnx_and_auto_picks_it(tmp_path):
 def test_torch_cuda_backend_uses_cuda_events():
     stats = get_backend("torch", device="cuda", max_seconds=0.2).measure(small_net(), (3, 32, 32), "fp16")
     assert stats.device.startswith("cuda: ") and stats.extra["timer"] == "cuda events" and stats.runs >= 200
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="no /proc/cpuinfo on this system")
+def test_the_cpu_is_named_by_model_family_and_vector_extensions():
+    first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    name = cpu_name()
+    if "model name" in fields:
+        assert name.startswith(fields["model name"])
+    if "cpu family" in fields:
+        assert f"family {fields['cpu family']} model {fields['model']}" in name
+    listed = set(name.rsplit(", ", 1)[-1].split("+")) if flags & set(SIMD_FLAGS) else set()
+    assert listed == flags & set(SIMD_FLAGS)
+    assert get_backend("onnxruntime", threads=1).device() == f"{name} (1 thread)"

@@ -94,15 +94,28 @@ def onnx_input_dims(path: str | Path) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
+# Vector extensions that decide how fast a CPU runs fp32 and int8 kernels, as /proc/cpuinfo names them.
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
 def cpu_name() -> str:
-    """The CPU model as the kernel reports it (falls back to the platform string)."""
+    """The CPU as latencies depend on it: the kernel's model name, family and model, and its vector extensions.
+    A virtual machine may call CPUs of two generations "AMD EPYC" alike, and one of them may run int8
+    twice as fast as the other, so studies and latency tables must not take one for the other."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        block = ""
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    parts = [name]
+    if "cpu family" in fields and "model" in fields:
+        parts.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    simd = [f for f in SIMD_FLAGS if f in flags]
+    if simd:
+        parts.append("+".join(simd))
+    return ", ".join(parts)
 
 
 class LatencyBackend(Protocol):
