@@ -11,7 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from search.artifacts import ARTIFACTS_DIR, front_numbers
+from search.cli import main
 from search.config import load_config
 from search.runner import run_study
 from search.study import create_or_load_study, frozen_recipe
@@ -86,3 +89,10 @@ def test_dashboard_on_a_busy_port_is_a_usage_error(recipe_file):
         )
     assert res.returncode == 2
     assert f"cannot serve on 127.0.0.1:{port}" in res.stderr and "--port" in res.stderr
+
+
+def test_a_port_out_of_range_is_refused_before_anything_opens(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["dashboard", str(tmp_path), "--port", "70000"])
+    assert exit_.value.code == 2
+    assert "--port: expected a port from 1 to 65535, got 70000" in capsys.readouterr().err
