@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Latency of the same candidates on an NVIDIA GPU: PyTorch eager (CUDA events) and, where it is installed,
-# TensorRT (CUDA graph of execute_async_v3, CUDA events), at batch 1 and 32, fp32 and fp16.
-# Writes a markdown table to $OUT (default benchmarks/gpu_latency.md) and prints it.
+# Latency of the same candidates on an NVIDIA GPU: PyTorch as a CUDA graph of the forward and as eager launches
+# (CUDA events) and, where it is installed, TensorRT (CUDA graph of execute_async_v3, CUDA events), at batch 1
+# and 32, fp32 and fp16.
+# Prints a markdown table and writes it to benchmarks/RESULTS.md (one section per recipe and input shape).
 #
 #   bash benchmarks/gpu_latency.sh                                  # 10 candidates of digits_blocks at 3x224x224
 #   INPUT_SHAPE=3,32,32 CANDIDATES=20 bash benchmarks/gpu_latency.sh  # CIFAR-sized input
@@ -19,7 +20,12 @@ INPUT_SHAPE=${INPUT_SHAPE:-3,224,224}
 BATCHES=${BATCHES:-"1 32"}
 PRECISIONS=${PRECISIONS:-"fp32 fp16"}
 MAX_SECONDS=${MAX_SECONDS:-1}
-OUT=${OUT:-benchmarks/gpu_latency.md}
+COMMAND="bash benchmarks/gpu_latency.sh"
+for setting in RECIPE=studies/digits_blocks.yaml CANDIDATES=10 INPUT_SHAPE=3,224,224 "BATCHES=1 32" \
+               "PRECISIONS=fp32 fp16" MAX_SECONDS=1; do
+    name=${setting%%=*}
+    [ "${!name}" = "${setting#*=}" ] || COMMAND="$name='${!name}' $COMMAND"
+done
 
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     smi="nvidia-smi not found"
@@ -29,9 +35,9 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 1
 fi
 
-backends="torch"
+backends="torch torch_eager"
 if "$PY" -c 'import tensorrt' 2>/dev/null; then
-    backends="torch tensorrt"
+    backends="torch torch_eager tensorrt"
 else
     echo "note: TensorRT is not installed; timing PyTorch only" \
          "(pip install --extra-index-url https://pypi.nvidia.com tensorrt)" >&2
@@ -43,23 +49,30 @@ for backend in $backends; do
     for batch in $BATCHES; do
         for precision in $PRECISIONS; do
             echo "timing $CANDIDATES candidates: $backend, batch $batch, $precision" >&2
-            "$PY" -m search.cli latency "$RECIPE" --backend "$backend" --candidates "$CANDIDATES" \
+            graph=true
+            [ "$backend" = torch_eager ] && graph=false
+            "$PY" -m search.cli latency "$RECIPE" --backend "${backend%_eager}" --candidates "$CANDIDATES" \
                 --input-shape "$INPUT_SHAPE" --batch-size "$batch" --precision "$precision" \
-                --max-seconds "$MAX_SECONDS" --set "output_dir=$runs/out" --json \
+                --max-seconds "$MAX_SECONDS" --set "output_dir=$runs/out" --set "latency.cuda_graph=$graph" --json \
                 > "$runs/$backend-$batch-$precision.json"
         done
     done
 done
 
-"$PY" - "$runs" "$OUT" "$RECIPE" "$INPUT_SHAPE" <<'EOF'
-import datetime, json, sys
+"$PY" - "$runs" "$COMMAND" "$RECIPE" "$INPUT_SHAPE" <<'EOF'
+import json, sys
 from pathlib import Path
 
-runs, out, recipe, shape = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+sys.path.insert(0, ".")
+from benchmarks.results import write_section
+
+runs, command, recipe, shape = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 results = {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))}
-columns = sorted(results, key=lambda k: (k.split("-")[0] != "torch", int(k.split("-")[1]), k.split("-")[2]))
+order = ["torch", "torch_eager", "tensorrt"]
+columns = sorted(results, key=lambda k: (order.index(k.split("-")[0]), int(k.split("-")[1]), k.split("-")[2]))
 first = results[columns[0]]
-lines = ["| candidate | " + " | ".join(c.replace("-", " b") .replace(" bfp", " fp") for c in columns) + " |",
+header = [c.replace("_", " ").replace("-", " b").replace(" bfp", " fp") for c in columns]
+lines = ["| candidate | " + " | ".join(header) + " |",
          "|---|" + "---:|" * len(columns)]
 for i, row in enumerate(first):
     cells = [f"{results[c][i]['median_ms']:.3f}" for c in columns]
@@ -68,15 +81,16 @@ for i, row in enumerate(first):
 versions = sorted({f"{r[0]['backend']} {r[0]['backend_version']}" for r in results.values()})
 builds = {c: sum(r["build_seconds"] for r in results[c]) for c in columns if c.startswith("tensorrt")}
 text = (
-    f"# GPU latency\n\nCommand: `bash benchmarks/gpu_latency.sh` (recipe {recipe}, input {shape})  \n"
-    f"Device: {first[0]['device']}  \nEngines: {', '.join(versions)}  \n"
-    f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
-    "Median milliseconds per batch; columns are backend, batch size and precision. PyTorch is eager, timed with "
-    "CUDA events around each forward; TensorRT is a CUDA graph of execute_async_v3, timed with CUDA events (GPU "
-    "compute time, no host copies).\n\n" + "\n".join(lines) + "\n"
+    f"Device: {first[0]['device']}; engines: {', '.join(versions)}. "
+    "Median milliseconds per batch; columns are backend, batch size and precision. `torch` replays a CUDA graph "
+    "of the forward, `torch eager` launches the forward from Python, each timed with CUDA events around it; "
+    "TensorRT is a CUDA graph of execute_async_v3, timed with CUDA events (GPU compute time, no host copies).\n\n"
+    + "\n".join(lines) + "\n"
 )
 if builds:
-    text += "\nTensorRT engine build seconds, all candidates: " + ", ".join(f"{k}: {v:.1f}" for k, v in builds.items()) + "\n"
-out.write_text(text)
+    seconds = ", ".join(f"{k}: {v:.1f}" for k, v in builds.items())
+    text += f"\nTensorRT engine build seconds, all candidates: {seconds}\n"
+key = f"gpu-latency-{Path(recipe).stem}-{shape.replace(',', 'x')}"
+write_section(key, f"GPU latency: {Path(recipe).stem}, input {shape}", text, command=command)
 print(text)
 EOF

@@ -11,6 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from evaluators.latency.base import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -18,8 +20,10 @@ ROOT = RESULTS.parents[1]
 
 
 def machine() -> str:
-    """CPU (as the latency backends name it), core count, OS and Python, as one line."""
-    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    """CPU (as the latency backends name it), core count, GPU where torch sees one, OS and Python, as one line."""
+    gpu = f", GPU: {torch.cuda.get_device_name()} (torch {torch.__version__})" if torch.cuda.is_available() else ""
+    return (f"{cpu_name()}, {os.cpu_count()} cores{gpu}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def command_line() -> str:
@@ -61,10 +65,11 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
-def write_section(key: str, title: str, body: str) -> Path:
-    """Replace (or append) the section `key` of RESULTS.md with `body`, stamped with command, machine, date."""
+def write_section(key: str, title: str, body: str, command: str | None = None) -> Path:
+    """Replace (or append) the section `key` of RESULTS.md with `body`, stamped with command (default: this
+    process's), machine, date."""
     stamp = (
-        f"Command: `{command_line()}`  \n"
+        f"Command: `{command or command_line()}`  \n"
         f"Machine: {machine()}  \n"
         f"Date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
     )

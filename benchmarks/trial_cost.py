@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.runner import run_study  # noqa: E402
@@ -55,14 +55,22 @@ def main() -> None:
     rows.append({"part": "trial loop total", "s per trial": f"{loop / n:.3f}", "share of loop": "100%"})
     per_trial_total = [t.user_attrs["seconds"]["total"] for t in trials]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = (f"{n} completed trials of `{shown(args.recipe)}`; one-off setup (data, backend, study) "
+    backend = trials[0].user_attrs["latency"]["backend"]
+    summary = (f"{n} completed trials of `{shown(args.recipe)}`, fine-tuned on {config.train.resolved_device()}, "
+               f"latency on {backend}; one-off setup (data, backend, study) "
                f"{setup:.1f} s; trial time median {statistics.median(per_trial_total):.2f} s; "
                f"framework overhead {framework / loop:.1%} of the trial loop; peak RSS {peak_mib:.0f} MiB.")
     table = markdown_table(rows)
     print(table)
     print(summary)
-    write_section("trial-cost", "Cost of a trial and framework overhead",
-                  "`latency` includes the ONNX export and the engine session build. " + summary + "\n\n" + table)
+    latency_note = {"torch": "`latency` includes the warm-up (on a GPU, the CUDA graph capture too). ",
+                    "onnxruntime": "`latency` includes the ONNX export and the engine session build. ",
+                    "tensorrt": "`latency` includes the ONNX export and the engine build. "}.get(backend, "")
+    default = args.recipe.resolve() == (ROOT / "studies/digits_blocks.yaml").resolve() and not args.overrides
+    key = "trial-cost" if default else f"trial-cost-{variant_name(args.recipe, args.overrides)}"
+    variant = " ".join([args.recipe.stem, *args.overrides])
+    title = "Cost of a trial and framework overhead" + ("" if default else f": {variant}")
+    write_section(key, title, latency_note + summary + "\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -31,6 +33,7 @@ class TrainSettings:
     max_eval_samples: int | None = None
     kd_temperature: float = 4.0
     kd_alpha: float = 0.0
+    device: str = "cpu"
 
 
 @dataclass
@@ -43,13 +46,48 @@ class TrainResult:
     seconds: float
 
 
+def resolve_device(name: str) -> str:
+    """The device a fine-tune runs on: `auto` is the CUDA GPU where torch sees one, else the CPU.
+    Asking for `cuda` where there is none raises ValueError saying what is missing."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "train.device=cuda, but torch.cuda.is_available() is False (it needs an NVIDIA GPU, its driver and a "
+            "CUDA build of torch); set train.device=auto or cpu"
+        )
+    return name
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s weights are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+@contextmanager
+def placed(device: str, *models: nn.Module | None) -> Iterator[None]:
+    """`models` moved to `device` inside the block and back to the CPU after it, where export, cost counting
+    and the CPU engines read them."""
+    present = [m for m in models if m is not None]
+    for m in present:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in present:
+            m.to("cpu")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `model` on `split`, in eval mode."""
+    """Top-1 accuracy of `model` on `split`, in eval mode, on the device the model is on."""
     model.eval()
+    device = model_device(model)
     correct = 0
     for x, y in split.batches(batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
     return correct / max(len(split), 1)
 
 
@@ -66,9 +104,9 @@ def recalibrate_bn(model: nn.Module, split: Split, batches: int = 20, batch_size
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches seen
         m.train()
-    seen = 0
+    seen, device = 0, model_device(model)
     for x, _ in split.subset(batches * batch_size, seed).batches(batch_size):
-        model(x)
+        model(x.to(device))
         seen += len(x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
@@ -92,7 +130,15 @@ def train_model(
     teacher: nn.Module | None = None,
     eval_split: str = "val",
 ) -> TrainResult:
-    """Fine-tune `model` in place and return its accuracy on `eval_split`; raises TrainingDiverged on NaN."""
+    """Fine-tune `model` in place on `settings.device` and return its accuracy on `eval_split`; the model is
+    back on the CPU afterwards. Raises TrainingDiverged on NaN."""
+    with placed(settings.device, model, teacher):
+        return _train(model, data, settings, seed, teacher, eval_split)
+
+
+def _train(
+    model: nn.Module, data: DataBundle, settings: TrainSettings, seed: int, teacher: nn.Module | None, eval_split: str
+) -> TrainResult:
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -114,6 +160,7 @@ def train_model(
     model.train()
     while step < total_steps:
         for x, y in train.batches(settings.batch_size, shuffle=True, generator=generator, augment=data.augment):
+            x, y = x.to(settings.device, non_blocking=True), y.to(settings.device, non_blocking=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
             if teacher is not None and settings.kd_alpha > 0:

@@ -16,7 +16,7 @@ from evaluators.data import DataBundle
 from evaluators.latency import LatencyBackend, LatencyStats
 from evaluators.onnx_export import export_onnx
 from evaluators.precision import calibration_batches, convert_precision, onnx_accuracy
-from evaluators.train import TrainResult, TrainSettings, evaluate, recalibrate_bn, train_model
+from evaluators.train import TrainResult, TrainSettings, evaluate, placed, recalibrate_bn, train_model
 from search.base import recorded_base
 from search.config import StudyConfig
 from search.errors import UsageError
@@ -73,8 +73,9 @@ class CompressTrial:
         """Recalibrate BatchNorm (accuracy recorded as `accuracy_adaptive_bn`), fine-tune with distillation
         from the base, and score at the candidate's precision (the fp32 score kept as `accuracy_fp32`)."""
         val = self.data.val.subset(settings.max_eval_samples, seed)
-        recalibrate_bn(model, self.data.train, self.config.train.bn_batches, settings.batch_size, seed)
-        trial.set_user_attr("accuracy_adaptive_bn", evaluate(model, val))
+        with placed(settings.device, model):
+            recalibrate_bn(model, self.data.train, self.config.train.bn_batches, settings.batch_size, seed)
+            trial.set_user_attr("accuracy_adaptive_bn", evaluate(model, val))
         result = train_model(model, self.data, settings, seed=seed, teacher=self.space.base)
         precision = candidate.get("precision", "fp32")
         if precision != "fp32":

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evaluators.data import DATASETS
 from evaluators.latency import BACKENDS
-from search.errors import ConfigError
+from evaluators.train import resolve_device
+from search.errors import ConfigError, UsageError
 from spaces import SPACES, get_space
 
 
@@ -50,11 +51,21 @@ class TrainConfig(Section):
     max_train_samples: int | None = Field(None, ge=1, description="train on at most this many images per trial")
     max_eval_samples: int | None = Field(None, ge=1, description="score on at most this many validation images")
     threads: int = Field(0, ge=0, description="torch threads for training (0: all cores)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where fine-tunes run: auto is the CUDA GPU where torch sees one, else the CPU"
+    )
     kd_alpha: float = Field(0.0, ge=0, le=1, description="weight of distillation from the base (compress space)")
     kd_temperature: float = Field(4.0, gt=0, description="softmax temperature of the distillation loss")
     bn_batches: int = Field(
         20, ge=0, description="training batches that recalibrate BatchNorm before a compressed candidate's fine-tune"
     )
+
+    def resolved_device(self) -> str:
+        """`device` resolved to cpu or cuda; a GPU asked for where there is none is a UsageError."""
+        try:
+            return resolve_device(self.device)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
 
 class LatencyConfig(Section):
@@ -66,6 +77,9 @@ class LatencyConfig(Section):
     threads: int = Field(1, ge=1, description="CPU threads the engine may use")
     max_seconds: float = Field(3.0, gt=0, description="time cap for the timed rounds of one model")
     target_cv: float = Field(0.02, gt=0, description="stop timing once round medians vary less than this")
+    cuda_graph: bool = Field(
+        True, description="on a GPU, time replays of a CUDA graph of the forward (false: plain launches)"
+    )
     table: str | None = Field(None, description="latency table (JSON from `slimsearch lut build`) to predict with")
     budget_ms: float | None = Field(
         None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"

@@ -18,7 +18,8 @@ from search.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 MAY_CHANGE_ON_RESUME = frozenset(
-    {"search.trials", "search.timeout", "search.max_consecutive_failures", "search.heartbeat_interval"}
+    {"search.trials", "search.timeout", "search.max_consecutive_failures", "search.heartbeat_interval",
+     "train.device"}
 )
 IDENTITY = frozenset({"name", "output_dir"})  # they locate the run directory, so they match by construction
 

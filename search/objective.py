@@ -23,9 +23,9 @@ from spaces import Space
 
 
 def train_settings(config: StudyConfig) -> TrainSettings:
-    """The evaluator's training settings from the recipe's `train:` section."""
+    """The evaluator's training settings from the recipe's `train:` section, its device resolved."""
     fields = config.train.model_dump(exclude={"threads", "bn_batches"})
-    return TrainSettings(**fields)
+    return TrainSettings(**{**fields, "device": config.train.resolved_device()})
 
 
 class Objective:

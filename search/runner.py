@@ -73,8 +73,11 @@ def make_backend(lat: LatencyConfig, cache_dir: Path | None = None) -> LatencyBa
     try:
         name = resolve_backend_name(lat.backend)
         if name == "tensorrt":
-            backend = get_backend(name, cache_dir=cache_dir, min_seconds=lat.max_seconds)
-        elif name in ("onnxruntime", "torch"):
+            backend = get_backend(name, cache_dir=cache_dir, min_seconds=lat.max_seconds, cuda_graph=lat.cuda_graph)
+        elif name == "torch":
+            backend = get_backend(name, threads=lat.threads, max_seconds=lat.max_seconds, target_cv=lat.target_cv,
+                                  cuda_graph=lat.cuda_graph)
+        elif name == "onnxruntime":
             backend = get_backend(name, threads=lat.threads, max_seconds=lat.max_seconds, target_cv=lat.target_cv)
         else:
             backend = get_backend(name)

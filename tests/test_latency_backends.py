@@ -149,9 +149,19 @@ def test_tensorrt_times_a_dynamic_batch_onnx_and_auto_picks_it(tmp_path):
 
 
 @needs_gpu
-def test_torch_cuda_backend_uses_cuda_events():
-    stats = get_backend("torch", device="cuda", max_seconds=0.2).measure(small_net(), (3, 32, 32), "fp16")
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_torch_cuda_backend_times_graph_replays_or_eager_launches_with_cuda_events(cuda_graph):
+    backend = get_backend("torch", device="cuda", max_seconds=0.2, cuda_graph=cuda_graph)
+    stats = backend.measure(small_net(), (3, 32, 32), "fp16")
     assert stats.device.startswith("cuda: ") and stats.extra["timer"] == "cuda events" and stats.runs >= 200
+    assert stats.extra["cuda_graph"] == ("on" if cuda_graph else "off") and stats.median_ms > 0
+
+
+@needs_gpu
+def test_a_recipe_can_turn_the_cuda_graph_off(recipe_file):
+    config = load_config(recipe_file(), ["latency.backend=torch", "latency.cuda_graph=false"])
+    stats = make_backend(config.latency).measure(small_net(), (3, 16, 16))
+    assert stats.extra["cuda_graph"] == "off"
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="no /proc/cpuinfo on this system")

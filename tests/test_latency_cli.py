@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import torch.nn as nn
 
 from evaluators.latency import get_backend
@@ -56,7 +57,7 @@ def test_latency_of_a_recipe_at_another_input_shape_and_batch(recipe_file, capsy
     args = ["latency", str(recipe), "--input-shape", "3,32,32", "--batch-size", "2", "--backend", "torch", "--json"]
     assert main(args) == 0
     [row] = json.loads(capsys.readouterr().out)
-    assert row["backend"] == "torch" and row["batch_size"] == 2 and row["device"].startswith("cpu: ")
+    assert row["backend"] == "torch" and row["batch_size"] == 2 and row["device"].startswith("cuda: " if torch.cuda.is_available() else "cpu: ")
 
 
 def test_latency_of_a_trial_and_resume_with_another_backend_is_refused(recipe_file, capsys):
