@@ -2,7 +2,9 @@
 
 Runs the same study with TPE, NSGA-II and random sampling for several seeds and compares the
 hypervolume of each front against one reference point shared by all runs (the worst accuracy
-and the worst latency seen in any of them), so the numbers are comparable.
+and the worst latency seen in any of them), so the numbers are comparable. `random` is plain random
+search, without the anchor policies a compression recipe evaluates first; `random_anchored` is random
+sampling after them, which tells what the anchors give apart from the sampler.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from optuna.trial import TrialState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 30
+SAMPLER_SETTINGS = {"random": ["search.sampler=random", "search.anchors=0"], "random_anchored": ["search.sampler=random"]}
 
 
 def run_one(recipe: Path, sampler: str, seed: int, trials: int, out: Path, overrides: list[str]) -> np.ndarray:
     """Run one study and return the (accuracy, latency) points of its first `trials` completed trials (a study
     of the `--runs` folder that was taken further with a larger budget is read at this one)."""
     name = f"{run_name(recipe, overrides)}-{sampler}-{seed}"
-    config = load_config(recipe, [*overrides, f"name={name}", f"output_dir={out}",
-                                  f"search.sampler={sampler}", f"seed={seed}", f"search.trials={trials}"])
+    settings = SAMPLER_SETTINGS.get(sampler, [f"search.sampler={sampler}"])
+    config = load_config(recipe, [*overrides, f"name={name}", f"output_dir={out}", *settings, f"seed={seed}",
+                                  f"search.trials={trials}"])
     study = run_study(config, show_progress=False)
     done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)[:trials]
     return np.array([t.values for t in done], dtype=float)
@@ -47,7 +51,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=TRIALS,
                         help="trials per run (another budget gets its own section)")
-    parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"],
+                        choices=["tpe", "gp", "nsga2", "random", "random_anchored"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 12 trials, shorter fine-tunes")
     parser.add_argument("--runs", type=Path, default=None,
@@ -97,7 +102,8 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
     write_section(
         f"search-vs-random-{slug}", f"Search vs random sampling: {recipe.stem}{variant}"
         + (f", {args.trials} trials" if budget else ""),
-        f"`{shown(recipe)}`{variant and ' with' + variant}, every sampler with its recipe settings otherwise. "
+        f"`{shown(recipe)}`{variant and ' with' + variant}, every sampler with its recipe settings otherwise "
+        "(`random`: plain random search, no anchor policies; `random_anchored`: random after the anchors). "
         "Hypervolume of the "
         "accuracy/latency front, normalized by the box between the shared reference point (worst accuracy, "
         "1.01 × worst latency over all runs of the study) and (accuracy 1, latency 0). Higher is better.\n\n"

@@ -4,12 +4,10 @@ loaded from a checkpoint, and measured once (accuracy, cost, latency) into the s
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import torch
@@ -21,6 +19,7 @@ from evaluators.latency import LatencyBackend
 from evaluators.train import TrainSettings, evaluate, train_model
 from search.config import StudyConfig
 from search.errors import UsageError
+from search.study import locked
 from spaces.compress import CompressError, build_model, load_checkpoint, prunable_groups
 
 BASE_FILE = "base.pt"
@@ -41,18 +40,6 @@ def has_base(config: StudyConfig) -> bool:
     return getattr(config.space, "base", None) is not None
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so worker processes of one study train the base once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _provenance(config: StudyConfig, data: DataBundle) -> dict[str, Any]:
     spec = config.space.base
     return {"model": spec.model, "kwargs": spec.kwargs, "dataset": data.name, "image_size": data.image_size,
@@ -63,16 +50,19 @@ def base_settings(config: StudyConfig) -> TrainSettings:
     """The base's training: the recipe's `train:` settings with the base's epochs and learning rate, on every
     training image (`max_train_samples` limits candidates' fine-tunes only), no teacher."""
     fields = config.train.model_dump(
-        exclude={"threads", "bn_batches", "kd_alpha", "kd_temperature", "max_train_samples"}
+        exclude={"threads", "bn_batches", "kd_alpha", "kd_temperature", "max_train_samples", "device"}
     )
-    return dataclasses.replace(TrainSettings(**fields), epochs=config.space.base.epochs, lr=config.space.base.lr)
+    return dataclasses.replace(
+        TrainSettings(**fields), epochs=config.space.base.epochs, lr=config.space.base.lr,
+        device=config.train.resolved_device(),
+    )
 
 
 def _train_or_load(config: StudyConfig, data: DataBundle, model: nn.Module) -> Path:
     """Load `runs/NAME/base.pt`, or train the base and write it there (atomically) first."""
     path = config.run_dir / BASE_FILE
     wanted = _provenance(config, data)
-    with _locked(config.run_dir / "base.lock"):
+    with locked(config.run_dir / "base.lock"):  # worker processes of one study train the base once
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("provenance") != wanted:

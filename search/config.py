@@ -109,6 +109,9 @@ class SearchConfig(Section):
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
     startup_trials: int = Field(10, ge=0, description="random trials before TPE or GP models the space")
     population_size: int = Field(16, ge=2, description="NSGA-II population")
+    anchors: int = Field(
+        3, ge=0, description="compress space: uniform policies evaluated first, at this many keep ratios per precision"
+    )
     max_consecutive_failures: int = Field(5, ge=1, description="stop the study after this many failed trials in a row")
     heartbeat_interval: int = Field(
         10, ge=1, description="seconds between a running trial's heartbeats; a trial silent for 3 intervals is retried"

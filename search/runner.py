@@ -25,7 +25,7 @@ from search.executors.lock import record_protocol
 from search.objective import Objective
 from search.progress import StudyProgress
 from search.recovery import recover_stale_trials
-from search.study import create_or_load_study, frozen_recipe
+from search.study import create_or_load_study, enqueue_anchors, frozen_recipe
 from spaces import Candidate, Space, get_space
 from spaces.compress import CompressError
 
@@ -148,6 +148,7 @@ def run_study(
     check_backend(study, ctx.backend, config.latency.precision)
     if recover:
         recover_stale_trials(study)
+    enqueue_anchors(study, ctx.space, config)
     record_protocol(study, "local", workers)
     objective = Objective(config, ctx.space, ctx.data, ctx.backend)
     cap = FailureCap(max_consecutive_failures or config.search.max_consecutive_failures)

@@ -16,6 +16,7 @@ import sqlalchemy
 
 from search.config import StudyConfig
 from search.errors import UsageError
+from search.executors.lock import flock
 from search.executors.seeding import ProcessSeededSampler
 from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, read_frozen, run_dir_storage
 from search.recovery import grace_period
@@ -23,6 +24,14 @@ from search.recovery import grace_period
 OBJECTIVES = ("accuracy", "latency_ms")
 DIRECTIONS = ("maximize", "minimize")
 STORAGE_ATTEMPTS = 3
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file, held for the block, for what the processes of one study must do once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with flock(path):
+        yield
 
 
 def storage_url(config: StudyConfig) -> str:
@@ -131,6 +140,25 @@ def create_or_load_study(config: StudyConfig) -> optuna.Study:
     if "recipe" not in study.user_attrs:
         study.set_user_attr("recipe", json.loads(json.dumps(config.dump())))
     return study
+
+
+def enqueue_anchors(study: optuna.Study, space: Any, config: StudyConfig) -> int:
+    """Queue the space's anchor policies (`search.anchors` of them per precision; see the compress space) as
+    the first trials of a study that has none yet, if they take at most half of `search.trials` (a budget
+    they would fill leaves them out); returns how many were queued. Processes starting the same study
+    together queue them once."""
+    anchors = getattr(space, "anchors", None)
+    if anchors is None or config.search.anchors == 0:
+        return 0
+    with locked(config.run_dir / "anchors.lock"):
+        if study.get_trials(deepcopy=False):
+            return 0
+        params = anchors(config.search.anchors)
+        if len(params) > config.search.trials // 2:
+            return 0
+        for p in params:
+            study.enqueue_trial(p, user_attrs={"anchor": True}, skip_if_exists=True)
+    return len(params)
 
 
 def open_study(run_dir: str | Path) -> tuple[StudyConfig, optuna.Study]:

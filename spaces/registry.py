@@ -13,7 +13,9 @@ Candidate = dict[str, Any]
 
 
 class Space(Protocol):
-    """A search space: `sample` draws a JSON-able candidate, `build` turns it into a network."""
+    """A search space: `sample` draws a JSON-able candidate, `build` turns it into a network. A space may also
+    offer `describe(candidate)` (one line for tables) and `anchors(levels)` (the Optuna parameters of
+    candidates a new study evaluates first)."""
 
     name: str
 

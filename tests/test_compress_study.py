@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from search.base import prepare_base
 from search.cli import main
 from search.config import load_config, validate_config
-from search.runner import build_context, recipe_data
+from search.runner import build_context, recipe_data, run_study
 from spaces.compress import fingerprint
 
 
@@ -98,3 +98,26 @@ def test_same_recipe_trains_the_same_base(tmp_path):
         assert base.checkpoint == config.run_dir / "base.pt" and base.checkpoint.is_file()
         prints.append(fingerprint(base.model))
     assert prints[0] == prints[1]
+
+
+def test_a_compression_study_evaluates_uniform_anchor_policies_first_and_once(tmp_path):
+    config = validate_config(recipe(tmp_path, search={"sampler": "random", "trials": 8, "anchors": 2}), "test")
+    study = run_study(config, show_progress=False)
+    anchors = sorted((t for t in study.trials if t.user_attrs.get("anchor")), key=lambda t: t.number)
+    assert [t.number for t in anchors] == [0, 1, 2, 3]  # keep [0.2, 0.8] by 0.2: ratios 0.6 and 0.4, per precision
+    policies = [(set(t.user_attrs["candidate"]["keep"].values()), t.user_attrs["candidate"]["precision"])
+                for t in anchors]
+    assert policies == [({0.6}, "fp16"), ({0.4}, "fp16"), ({0.6}, "int8"), ({0.4}, "int8")]
+    assert len(study.trials) == 8
+    for t in anchors:
+        assert t.state == TrialState.COMPLETE
+        assert t.user_attrs["candidate"]["rank"] == {} and t.user_attrs["candidate"]["importance"] == "l1"
+    study = run_study(config, trials=9, show_progress=False)
+    assert sum(bool(t.user_attrs.get("anchor")) for t in study.trials) == 4  # a resume queues none again
+
+
+@pytest.mark.parametrize("anchors", [0, 3])  # none asked for; more than half the budget
+def test_without_anchors_every_trial_is_sampled(tmp_path, anchors):
+    config = validate_config(recipe(tmp_path, search={"sampler": "random", "trials": 2, "anchors": anchors}), "test")
+    study = run_study(config, show_progress=False)
+    assert len(study.trials) == 2 and not any(t.user_attrs.get("anchor") for t in study.trials)

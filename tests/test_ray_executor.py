@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.config import load_config
 from search.study import open_study
+from tests.test_compress_study import recipe as compress_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,19 @@ def test_ray_trials_land_in_the_study_like_local_ones(recipe_file, local_ray, ca
     capsys.readouterr()
     assert main(["status", str(config.run_dir)]) == 0
     assert "(3 complete)" in capsys.readouterr().out
+
+
+def test_a_ray_compression_study_evaluates_its_anchor_policies_first(tmp_path, local_ray):
+    path = tmp_path / "prune.yaml"
+    raw = compress_recipe(tmp_path, search={"sampler": "random", "trials": 4, "anchors": 1})
+    path.write_text(json.dumps(raw))
+    assert main(["run", str(path), "--executor", "ray", "--max-concurrent", "1", "--no-progress"]) == 0
+    _, study = open_study(load_config(path).run_dir)
+    trials = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    assert len(trials) == 4
+    assert [t.user_attrs.get("anchor", False) for t in trials] == [True, True, False, False]
+    assert [(set(t.user_attrs["candidate"]["keep"].values()), t.user_attrs["candidate"]["precision"])
+            for t in trials[:2]] == [({0.6}, "fp16"), ({0.6}, "int8")]
 
 
 def test_ray_trials_that_fail_say_why_and_a_streak_stops_the_study(recipe_file, local_ray, capsys):

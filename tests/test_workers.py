@@ -111,6 +111,7 @@ def test_executor_flags_that_do_not_fit_are_usage_errors(recipe_file, capsys, fl
     "flags, message",
     [
         (["--workers", "0"], "--workers: expected a number above 0, got 0"),
+        (["--executor", "ray", "--max-concurrent", "0"], "--max-concurrent: expected a number above 0, got 0"),
         (["--trials", "-1"], "--trials: expected a number above 0, got -1"),
         (["--timeout", "soon"], "--timeout: expected a float, got 'soon'"),
     ],

@@ -24,7 +24,8 @@ import optuna
 
 
 @contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
+def flock(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """`fcntl.flock` on the file at `path` (created if missing) for the block; a dead process releases it."""
     fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, mode)
@@ -46,16 +47,16 @@ class MachineLock:
     def measuring(self) -> Iterator[float]:
         """Hold the machine alone while timing a model; yields the seconds spent waiting for it."""
         start = time.perf_counter()
-        with _flock(self.gate, fcntl.LOCK_EX), _flock(self.path, fcntl.LOCK_EX):
+        with flock(self.gate, fcntl.LOCK_EX), flock(self.path, fcntl.LOCK_EX):
             yield time.perf_counter() - start
 
     @contextmanager
     def training(self) -> Iterator[float]:
         """Share the machine with other fine-tunes, never with a measurement; yields the seconds waited."""
         start = time.perf_counter()
-        with _flock(self.gate, fcntl.LOCK_EX):
+        with flock(self.gate, fcntl.LOCK_EX):
             pass
-        with _flock(self.path, fcntl.LOCK_SH):
+        with flock(self.path, fcntl.LOCK_SH):
             yield time.perf_counter() - start
 
     def describe(self) -> dict[str, str]:

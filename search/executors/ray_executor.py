@@ -34,7 +34,8 @@ from search.progress import StudyProgress
 from search.recovery import recover_stale_trials
 from search.runner import build_context, build_space, check_backend, completed, recipe_data
 from search.study import (
-    DIRECTIONS, OBJECTIVES, create_or_load_study, frozen_recipe, make_sampler, make_storage, storage_url,
+    DIRECTIONS, OBJECTIVES, create_or_load_study, enqueue_anchors, frozen_recipe, make_sampler, make_storage,
+    storage_url,
 )
 from search.suggest import OptunaSuggest
 from spaces import Space
@@ -164,6 +165,7 @@ def _tune(
     record_protocol(study, "ray", concurrent, address=address or "local", cpus_per_trial=cpus_per_trial,
                     gpus_per_trial=gpus_per_trial)
     space = build_space(config, recipe_data(config))
+    enqueue_anchors(study, space, config)
     storage = make_storage(storage_url(config), config.search.heartbeat_interval)
     optuna_search = OptunaSearch(
         space=CandidateSpace(space), metric=list(OBJECTIVES),

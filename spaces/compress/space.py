@@ -158,6 +158,32 @@ class CompressSpace:
             "keep": keep, "rank": rank, "precision": precision,
         }
 
+    def anchors(self, levels: int) -> list[dict[str, Any]]:
+        """Optuna parameters of uniform policies for a study to evaluate first (the uniform baselines of AMC and
+        NetAdapt): one keep ratio for every group at `levels` values spread evenly inside the keep range, no
+        factorization, the first importance criterion, at each precision. Uniform pruning is a strong front
+        (benchmarks/RESULTS.md, searched vs uniform); starting from it, the sampler spends its budget on
+        policies that beat it rather than on finding it."""
+        cfg = self.config
+        low, high = cfg.keep
+        steps = round((high - low) / cfg.keep_step)
+        ratios = sorted(
+            {_round(low + cfg.keep_step * round(steps * (i + 1) / (levels + 1))) for i in range(levels)}, reverse=True
+        )
+        keep_keys = dict.fromkeys(self._keys({g.name: g.stage for g in self.groups}).values())
+        rank_keys = dict.fromkeys(self._keys(self.rank_layers).values()) if cfg.rank is not None else {}
+        anchors = []
+        for precision in cfg.precision:
+            for ratio in ratios:
+                params: dict[str, Any] = {f"keep.{k}": ratio for k in keep_keys}
+                params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
+                if len(cfg.importance) > 1:
+                    params["importance"] = cfg.importance[0]
+                if len(cfg.precision) > 1:
+                    params["precision"] = precision
+                anchors.append(params)
+        return anchors
+
     @staticmethod
     def describe(candidate: Candidate) -> str:
         """One line per candidate, e.g. `l1 keep 0.62 [0.25–1.00] | rank 0.50 ×3 | int8`."""
