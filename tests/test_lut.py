@@ -128,6 +128,17 @@ def test_correction_is_fitted_by_least_squares():
     assert corr.scale == pytest.approx(0.8) and corr.fit_mape == pytest.approx(0, abs=1e-9)
 
 
+def test_correction_never_predicts_zero_or_less():
+    """Unit sums that overcount the networks (per-session overhead) give a line that falls below zero for a
+    small candidate; the prediction there is the fitted ratio of measured to summed latency."""
+    sums, counts, measured = [0.10, 0.12, 0.14, 0.16], [5, 5, 5, 5], [0.040, 0.050, 0.061, 0.070]
+    corr = fit_correction(sums, counts, measured)
+    assert corr.per_unit_ms == 0  # one unit count: per-unit cost and intercept cannot be told apart
+    assert corr.intercept_ms < 0 and corr.ratio == pytest.approx(sum(measured) / sum(sums))
+    assert corr.apply(0.03, 3) == pytest.approx(corr.ratio * 0.03)
+    assert corr.apply(0.12, 5) == pytest.approx(0.12 + corr.intercept_ms)
+
+
 def test_over_budget_candidates_are_skipped_untrained(built, tmp_path):
     _, _, path = built
     recipe = write_recipe(tmp_path / "budget.yaml", tmp_path, **{"latency.table": str(path),

@@ -58,16 +58,23 @@ def measure_unit(
 
 @dataclass
 class Correction:
-    """Whole-network latency from unit latencies: `intercept + per_unit × n + scale × Σ units` (ms)."""
+    """Whole-network latency from unit latencies: `intercept + per_unit × n + scale × Σ units` (ms).
+
+    Where that line reaches zero or below — a candidate far from the networks it was fitted on — the
+    prediction is `ratio × Σ units` instead, the fitted networks' measured over summed latency, which stays
+    positive and still grows with the units.
+    """
 
     intercept_ms: float = 0.0
     per_unit_ms: float = 0.0
     scale: float = 1.0
     networks: int = 0
     fit_mape: float | None = None
+    ratio: float = 1.0
 
     def apply(self, units_ms: float, n_units: int) -> float:
-        return self.intercept_ms + self.per_unit_ms * n_units + self.scale * units_ms
+        line = self.intercept_ms + self.per_unit_ms * n_units + self.scale * units_ms
+        return line if line > 0 else self.ratio * units_ms
 
 
 FORMS = {  # design-matrix columns (1, unit count, Σ units) each form fits; the others are fixed
@@ -80,13 +87,15 @@ FORMS = {  # design-matrix columns (1, unit count, Σ units) each form fits; the
 def _fit(s: np.ndarray, n: np.ndarray, y: np.ndarray, form: str) -> Correction | None:
     """Least squares of one form; None where it makes latency fall as units get slower."""
     use_b, use_n, use_s = FORMS[form]
+    use_n = use_n and len(np.unique(n)) > 1  # one unit count cannot separate per-unit cost from the intercept
     cols = [c for c, on in zip((np.ones_like(s), n, s), (use_b, use_n, use_s)) if on]
     target = y if use_s else y - s
     coef = list(np.linalg.lstsq(np.column_stack(cols), target, rcond=None)[0])
     intercept = float(coef.pop(0))
     per_unit = float(coef.pop(0)) if use_n else 0.0
     scale = float(coef.pop(0)) if use_s else 1.0
-    return Correction(intercept, per_unit, scale, len(y)) if scale > 0 else None
+    ratio = float(y.sum() / s.sum()) if s.sum() > 0 else 1.0
+    return Correction(intercept, per_unit, scale, len(y), ratio=ratio) if scale > 0 else None
 
 
 def _loo_mape(s: np.ndarray, n: np.ndarray, y: np.ndarray, form: str) -> float:
@@ -114,7 +123,7 @@ def fit_correction(units_ms: Sequence[float], n_units: Sequence[int], measured_m
     if len(y) == 0:
         return Correction()
     if len(y) < 2:
-        return Correction(float(y[0] - s[0]), 0.0, 1.0, 1)
+        return Correction(float(y[0] - s[0]), 0.0, 1.0, 1, ratio=float(y[0] / s[0]) if s[0] > 0 else 1.0)
     form = min(FORMS, key=lambda f: _loo_mape(s, n, y, f)) if len(y) >= 5 else "offset"
     corr = _fit(s, n, y, form) or _fit(s, n, y, "offset")
     corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
@@ -186,7 +195,7 @@ class LatencyTable:
                 missing.append(unit_key(unit))
             else:
                 total += ms
-        ms_pred = None if missing else max(self.correction.apply(total, len(units)), 0.0)
+        ms_pred = None if missing else self.correction.apply(total, len(units))
         return Prediction(ms_pred, total, len(units), missing)
 
     def check_matches(self, backend: LatencyBackend, precision: str, batch_size: int, source: str = "table") -> None:
