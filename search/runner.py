@@ -148,7 +148,7 @@ def run_study(
     check_backend(study, ctx.backend, config.latency.precision)
     if recover:
         recover_stale_trials(study)
-    enqueue_anchors(study, ctx.space, config)
+    enqueue_anchors(study, ctx.space, config, target)
     record_protocol(study, "local", workers)
     objective = Objective(config, ctx.space, ctx.data, ctx.backend)
     cap = FailureCap(max_consecutive_failures or config.search.max_consecutive_failures)

@@ -142,11 +142,11 @@ def create_or_load_study(config: StudyConfig) -> optuna.Study:
     return study
 
 
-def enqueue_anchors(study: optuna.Study, space: Any, config: StudyConfig) -> int:
+def enqueue_anchors(study: optuna.Study, space: Any, config: StudyConfig, trials: int | None = None) -> int:
     """Queue the space's anchor policies (`search.anchors` of them per precision; see the compress space) as
-    the first trials of a study that has none yet, if they take at most half of `search.trials` (a budget
-    they would fill leaves them out); returns how many were queued. Processes starting the same study
-    together queue them once."""
+    the first trials of a study that has none yet, if they take at most half of the run's `trials` (default
+    `search.trials`; a budget they would fill leaves them out); returns how many were queued. Processes
+    starting the same study together queue them once."""
     anchors = getattr(space, "anchors", None)
     if anchors is None or config.search.anchors == 0:
         return 0
@@ -154,7 +154,7 @@ def enqueue_anchors(study: optuna.Study, space: Any, config: StudyConfig) -> int
         if study.get_trials(deepcopy=False):
             return 0
         params = anchors(config.search.anchors)
-        if len(params) > config.search.trials // 2:
+        if len(params) > (trials or config.search.trials) // 2:
             return 0
         for p in params:
             study.enqueue_trial(p, user_attrs={"anchor": True}, skip_if_exists=True)

@@ -121,3 +121,12 @@ def test_without_anchors_every_trial_is_sampled(tmp_path, anchors):
     config = validate_config(recipe(tmp_path, search={"sampler": "random", "trials": 2, "anchors": anchors}), "test")
     study = run_study(config, show_progress=False)
     assert len(study.trials) == 2 and not any(t.user_attrs.get("anchor") for t in study.trials)
+
+
+def test_anchors_are_judged_against_the_runs_own_trial_budget(tmp_path):
+    """`--trials 2` on a recipe of 8: four anchors would be more than half of this run, so none are queued
+    (none left waiting either)."""
+    config = validate_config(recipe(tmp_path, search={"sampler": "random", "trials": 8, "anchors": 2}), "test")
+    study = run_study(config, trials=2, show_progress=False)
+    assert len(study.trials) == 2 and not any(t.user_attrs.get("anchor") for t in study.trials)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)

@@ -165,7 +165,7 @@ def _tune(
     record_protocol(study, "ray", concurrent, address=address or "local", cpus_per_trial=cpus_per_trial,
                     gpus_per_trial=gpus_per_trial)
     space = build_space(config, recipe_data(config))
-    enqueue_anchors(study, space, config)
+    enqueue_anchors(study, space, config, target)
     storage = make_storage(storage_url(config), config.search.heartbeat_interval)
     optuna_search = OptunaSearch(
         space=CandidateSpace(space), metric=list(OBJECTIVES),
