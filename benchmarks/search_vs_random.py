@@ -29,7 +29,10 @@ from optuna.trial import TrialState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 30
-SAMPLER_SETTINGS = {"random": ["search.sampler=random", "search.anchors=0"], "random_anchored": ["search.sampler=random"]}
+SAMPLER_SETTINGS = {
+    "random": ["search.sampler=random", "search.anchors=0"],
+    "random_anchored": ["search.sampler=random"],
+}
 
 
 def run_one(recipe: Path, sampler: str, seed: int, trials: int, out: Path, overrides: list[str]) -> np.ndarray:

@@ -57,7 +57,8 @@ def test_latency_of_a_recipe_at_another_input_shape_and_batch(recipe_file, capsy
     args = ["latency", str(recipe), "--input-shape", "3,32,32", "--batch-size", "2", "--backend", "torch", "--json"]
     assert main(args) == 0
     [row] = json.loads(capsys.readouterr().out)
-    assert row["backend"] == "torch" and row["batch_size"] == 2 and row["device"].startswith("cuda: " if torch.cuda.is_available() else "cpu: ")
+    device = "cuda: " if torch.cuda.is_available() else "cpu: "  # the torch backend's `auto` picks a GPU
+    assert row["backend"] == "torch" and row["batch_size"] == 2 and row["device"].startswith(device)
 
 
 def test_latency_of_a_trial_and_resume_with_another_backend_is_refused(recipe_file, capsys):

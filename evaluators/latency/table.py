@@ -94,8 +94,12 @@ def _fit(s: np.ndarray, n: np.ndarray, y: np.ndarray, form: str) -> Correction |
     intercept = float(coef.pop(0))
     per_unit = float(coef.pop(0)) if use_n else 0.0
     scale = float(coef.pop(0)) if use_s else 1.0
-    ratio = float(y.sum() / s.sum()) if s.sum() > 0 else 1.0
-    return Correction(intercept, per_unit, scale, len(y), ratio=ratio) if scale > 0 else None
+    return Correction(intercept, per_unit, scale, len(y), ratio=_ratio(s, y)) if scale > 0 else None
+
+
+def _ratio(s: np.ndarray, y: np.ndarray) -> float:
+    """Measured over summed latency of the fitted networks: the correction where its line reaches zero."""
+    return float(y.sum() / s.sum()) if s.sum() > 0 else 1.0
 
 
 def _loo_mape(s: np.ndarray, n: np.ndarray, y: np.ndarray, form: str) -> float:
@@ -123,7 +127,7 @@ def fit_correction(units_ms: Sequence[float], n_units: Sequence[int], measured_m
     if len(y) == 0:
         return Correction()
     if len(y) < 2:
-        return Correction(float(y[0] - s[0]), 0.0, 1.0, 1, ratio=float(y[0] / s[0]) if s[0] > 0 else 1.0)
+        return Correction(float(y[0] - s[0]), 0.0, 1.0, 1, ratio=_ratio(s, y))
     form = min(FORMS, key=lambda f: _loo_mape(s, n, y, f)) if len(y) >= 5 else "offset"
     corr = _fit(s, n, y, form) or _fit(s, n, y, "offset")
     corr.fit_mape = mape([corr.apply(a, int(b)) for a, b in zip(s, n)], y)
