@@ -21,29 +21,26 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
-from evaluators.train import evaluate, recalibrate_bn, train_model  # noqa: E402
+from evaluators.train import evaluate  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.objective import train_settings  # noqa: E402
-from search.runner import build_context  # noqa: E402
+from search.context import build_context  # noqa: E402
+from search.scoring import scoring_for  # noqa: E402
 from spaces import RandomSuggest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def score(ctx, candidate, epochs: float, seed: int) -> float:
-    """Validation accuracy (fp32) of a candidate after `epochs` of fine-tuning (0: none), scored as the study
-    scores it: a compressed candidate gets adaptive BN first and is distilled from the base."""
+def score(ctx, scoring, candidate, epochs: float, seed: int) -> float:
+    """Validation accuracy (fp32) of a candidate after `epochs` of fine-tuning (0: none), scored by the study's
+    own scoring: a compressed candidate gets adaptive BN first and is distilled from the base."""
     torch.manual_seed(seed)
     model = ctx.space.build(copy.deepcopy(candidate))
-    settings = train_settings(ctx.config)
-    teacher = None
-    if ctx.config.space.type == "compress":
-        recalibrate_bn(model, ctx.data.train, ctx.config.train.bn_batches, settings.batch_size, seed)
-        teacher = ctx.space.base
+    scoring.prepare(model, seed)
     if epochs == 0:
-        return evaluate(model, ctx.data.val)
-    settings.epochs = epochs
-    return train_model(model, ctx.data, settings, seed=seed, teacher=teacher).accuracy
+        return evaluate(model, scoring.validation(seed))
+    tune = scoring.fine_tune(model, seed, epochs)
+    tune.run_to(epochs)
+    return tune.accuracy()
 
 
 def how(config) -> str:
@@ -69,13 +66,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # a compression study trains its base here
         config = load_config(args.recipe, [*args.overrides, f"output_dir={tmp}"])
         ctx = build_context(config)
+    scoring = scoring_for(ctx)
     candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
     scores: dict[float, list[float]] = {f: [] for f in args.fidelities}
     cost: dict[float, float] = {f: 0.0 for f in args.fidelities}
     for i, cand in enumerate(candidates):
         for f in args.fidelities:
             t = time.perf_counter()
-            scores[f].append(score(ctx, cand, f, seed=i))
+            scores[f].append(score(ctx, scoring, cand, f, seed=i))
             cost[f] += time.perf_counter() - t
         print(f"candidate {i}: " + " ".join(f"{f}ep={scores[f][-1]:.4f}" for f in args.fidelities), flush=True)
     ref = args.fidelities[-1]

@@ -28,10 +28,12 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from benchmarks.results import budget_tag, markdown_table, variant_name, write_section  # noqa: E402
 from evaluators.latency import LatencyBackend  # noqa: E402
 from evaluators.precision import calibration_batches  # noqa: E402
-from search.artifacts import ONNX, artifact_store, fetch  # noqa: E402
-from search.compress_eval import CALIBRATION_IMAGES  # noqa: E402
+from search.artifacts import artifact_store, fetch  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
-from search.runner import make_backend, recipe_data, run_study  # noqa: E402
+from search.context import make_backend, recipe_data  # noqa: E402
+from search.executors.inprocess import run_study  # noqa: E402
+from search.record import TrialRecord  # noqa: E402
+from search.scoring.scoring import CALIBRATION_IMAGES  # noqa: E402
 from search.study import create_or_load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +52,11 @@ def done(study) -> list[FrozenTrial]:
 
 def sampled(study) -> list[FrozenTrial]:
     """Completed trials the sampler chose: the uniform anchors queued first are left out."""
-    return [t for t in done(study) if not t.user_attrs.get("anchor")]
+    return [t for t in done(study) if not TrialRecord.of(t).anchor]
 
 
 def precision_of(t: FrozenTrial) -> str:
-    return t.user_attrs["candidate"].get("precision", "fp32")
+    return TrialRecord.of(t).candidate.get("precision", "fp32")
 
 
 def policy_mix(trials: list[FrozenTrial]) -> str:
@@ -63,7 +65,7 @@ def policy_mix(trials: list[FrozenTrial]) -> str:
     for t in trials:
         p = precision_of(t)
         precisions[p] = precisions.get(p, 0) + 1
-    low_rank = sum(1 for t in trials if t.user_attrs["candidate"].get("rank"))
+    low_rank = sum(1 for t in trials if TrialRecord.of(t).candidate.get("rank"))
     return ", ".join(f"{p} {n}" for p, n in sorted(precisions.items(), key=lambda x: -x[1])) + f"; {low_rank} low-rank"
 
 
@@ -74,7 +76,7 @@ def best_within(trials: list[FrozenTrial], limit: float, key) -> FrozenTrial | N
 
 
 def mean_keep(t: FrozenTrial) -> float:
-    keep = list(t.user_attrs["candidate"]["keep"].values())
+    keep = list(TrialRecord.of(t).candidate["keep"].values())
     return sum(keep) / len(keep)
 
 
@@ -93,7 +95,7 @@ def onnx_pair(pair: tuple[FrozenTrial, FrozenTrial], dirs: tuple[Path, Path], de
     """The stored ONNX files of a (uniform, searched) pair of trials; None when either left its front (dropped)."""
     paths = (dest / "uniform.onnx", dest / "searched.onnx")
     dest.mkdir(parents=True, exist_ok=True)
-    ok = all(fetch(t, ONNX, artifact_store(d), path) for t, d, path in zip(pair, dirs, paths))
+    ok = all(fetch(t, "model.onnx", artifact_store(d), path) for t, d, path in zip(pair, dirs, paths))
     return paths if ok else None
 
 
@@ -149,10 +151,10 @@ def main() -> None:
         rows = []
         for u in grid:
             by_latency = best_within(policies, u.values[1], lambda t: t.values[1])
-            by_macs = best_within(policies, u.user_attrs["macs"], lambda t: t.user_attrs["macs"])
+            by_macs = best_within(policies, TrialRecord.of(u).macs, lambda t: TrialRecord.of(t).macs)
             row = {
                 "uniform keep": f"{mean_keep(u):.2f} {precision_of(u)}", "uniform acc": f"{u.values[0]:.4f}",
-                "uniform ms": f"{u.values[1]:.4f}", "uniform MACs": f"{u.user_attrs['macs'] / 1e6:.2f}M",
+                "uniform ms": f"{u.values[1]:.4f}", "uniform MACs": f"{TrialRecord.of(u).macs / 1e6:.2f}M",
                 "searched acc (≤ ms)": "-", "searched ms": "-", "Δacc (≤ ms)": "-",
                 "searched acc (≤ MACs)": "-", "Δacc (≤ MACs)": "-", "re-timed ms (uniform / searched)": "-",
             }

@@ -19,13 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import (  # noqa: E402
-    RESULTS, budget_tag, markdown_table, run_name, shown, variant_name, write_section,
-)
-from search.config import load_config  # noqa: E402
-from search.pareto import hypervolume, pareto_mask  # noqa: E402
-from search.runner import run_study  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+
+from benchmarks.results import RESULTS, budget_tag, markdown_table, run_name, shown, variant_name, write_section  # noqa: E402
+from search.config import load_config  # noqa: E402
+from search.executors.inprocess import run_study  # noqa: E402
+from search.front import hypervolume, pareto_mask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 30

@@ -25,8 +25,9 @@ from optuna.trial import TrialState  # noqa: E402
 
 from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
+from search.executors.inprocess import run_study  # noqa: E402
 from search.executors.local import run_workers  # noqa: E402
-from search.runner import run_study  # noqa: E402
+from search.record import TrialRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def measure(name: str, workers: int, threads: int, run: Callable[[], optuna.Stud
     study = run()
     wall = time.perf_counter() - start
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    seconds = [t.user_attrs["seconds"] for t in done]
+    seconds = [TrialRecord.of(t).seconds for t in done]
     return {
         "executor": name,
         "workers": workers,

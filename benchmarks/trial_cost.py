@@ -18,10 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+
+from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.runner import run_study  # noqa: E402
+from search.executors.inprocess import run_study  # noqa: E402
+from search.record import TrialRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("build", "cost", "train", "latency")
@@ -45,7 +47,7 @@ def main() -> None:
         first_start, last_end = trials[0].datetime_start, trials[-1].datetime_complete
         loop = (last_end - first_start).total_seconds()
         setup = wall - loop
-        sums = {p: sum(t.user_attrs["seconds"][p] for t in trials) for p in PARTS}
+        sums = {p: sum(TrialRecord.of(t).seconds[p] for t in trials) for p in PARTS}
         work = sum(sums.values())
         framework = loop - work
     n = len(trials)
@@ -53,9 +55,9 @@ def main() -> None:
     rows.append({"part": "framework (sampler, storage, callbacks)", "s per trial": f"{framework / n:.3f}",
                  "share of loop": f"{framework / loop:.1%}"})
     rows.append({"part": "trial loop total", "s per trial": f"{loop / n:.3f}", "share of loop": "100%"})
-    per_trial_total = [t.user_attrs["seconds"]["total"] for t in trials]
+    per_trial_total = [TrialRecord.of(t).seconds["total"] for t in trials]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    backend = trials[0].user_attrs["latency"]["backend"]
+    backend = TrialRecord.of(trials[0]).latency["backend"]
     summary = (f"{n} completed trials of `{shown(args.recipe)}`, fine-tuned on {config.train.resolved_device()}, "
                f"latency on {backend}; one-off setup (data, backend, study) "
                f"{setup:.1f} s; trial time median {statistics.median(per_trial_total):.2f} s; "

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from registry import Registry
+
 
 class DataError(ValueError):
     """A data source that cannot be read: the message names the path or name and what was expected."""
@@ -49,7 +51,15 @@ class Split:
         """Normalized (x, y) batches; `augment` adds random flips and 4-pixel-padded crops."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
+        return self.batches_in(order, batch_size, generator, augment)
+
+    def batches_in(
+        self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,
+        first: int = 0,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `batches`, for a given image `order`, from batch number `first` on (a fine-tune that
+        resumes mid-epoch continues its epoch's order)."""
+        for start in range(first * batch_size, len(order), batch_size):
             idx = order[start : start + batch_size]
             x = self.normalize(self.x[idx])
             if augment:
@@ -85,25 +95,19 @@ class DataBundle:
 
 
 Loader = Callable[..., DataBundle]
-DATASETS: dict[str, Loader] = {}
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator that registers a loader `fn(root, image_size, val_fraction, seed) -> DataBundle`."""
-
-    def wrap(fn: Loader) -> Loader:
-        DATASETS[name] = fn
-        return fn
-
-    return wrap
+    return DATASETS.register(name)
 
 
 def load_data(
     name: str, root: str | Path | None = None, image_size: int | None = None, val_fraction: float = 0.2, seed: int = 0
 ) -> DataBundle:
-    """Load a registered dataset by name; a bad name or path raises `DataError` saying what to fix."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    """Load a registered dataset by name (`registry.UnknownName` for a name that is not); a bad path raises
+    `DataError` saying what to fix."""
     return DATASETS[name](root=root, image_size=image_size, val_fraction=val_fraction, seed=seed)
 
 

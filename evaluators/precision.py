@@ -40,10 +40,12 @@ def calibration_batches(split: Split, batches: int = 8, batch_size: int = 32, se
 
 
 def convert_precision(
-    src: str | Path, dst: str | Path, precision: str, calibration: Iterable[np.ndarray] | None = None
+    src: str | Path, dst: str | Path, precision: str, calibration: Iterable[np.ndarray] | None = None,
+    symmetric: bool = False,
 ) -> Path:
     """Write `src` at `precision` to `dst`: fp32 is copied, fp16 keeps fp32 inputs and outputs,
-    int8 is static QDQ quantization (per-channel weights) calibrated on `calibration` batches."""
+    int8 is static QDQ quantization (per-channel weights) calibrated on `calibration` batches (`symmetric`: see
+    `quantize_int8`)."""
     import onnx
 
     src, dst = Path(src), Path(dst)
@@ -56,7 +58,7 @@ def convert_precision(
 
             onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
         elif precision == "int8":
-            quantize_int8(src, dst, calibration)
+            quantize_int8(src, dst, calibration, symmetric=symmetric)
         else:
             raise PrecisionError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
     except PrecisionError:

@@ -6,7 +6,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -122,6 +122,130 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     ) * (t * t)
 
 
+class FineTune:
+    """A fine-tune of `model` planned for `settings.epochs`: SGD with Nesterov momentum on a one-cycle schedule over
+    the whole plan, optionally distilled from `teacher`. It runs in pieces — `run_to(epochs)` trains up to that
+    point of the plan — and `state_dict()` holds everything it depends on (weights, optimizer, schedule, the
+    epoch's image order and position, random states), so a fine-tune cut anywhere and continued, in this process
+    or another, takes exactly the steps one run straight through would."""
+
+    def __init__(
+        self, model: nn.Module, data: DataBundle, settings: TrainSettings, seed: int = 0,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        self.model, self.data, self.settings, self.seed, self.teacher = model, data, settings, seed, teacher
+        self.generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.train = data.train.subset(settings.max_train_samples, seed)
+        self.steps_per_epoch = math.ceil(len(self.train) / settings.batch_size)
+        self.total_steps = self.steps_at(settings.epochs)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
+            nesterov=settings.momentum > 0,
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(  # momentum swings ±0.05 against the learning rate
+            self.optimizer, max_lr=settings.lr, total_steps=self.total_steps, pct_start=0.15,
+            cycle_momentum=settings.momentum > 0, base_momentum=max(0.0, round(settings.momentum - 0.05, 6)),
+            max_momentum=min(0.99, round(settings.momentum + 0.05, 6)),
+        )
+        self.step, self.loss = 0, float("nan")
+        self.order: torch.Tensor | None = None
+        self.position = 0  # batches of the current epoch's order already taken
+        self.seconds = 0.0
+
+    def steps_at(self, epochs: float) -> int:
+        """Optimizer steps in `epochs` of training (at least one)."""
+        return max(1, int(round(epochs * self.steps_per_epoch)))
+
+    def run_to(self, epochs: float) -> float:
+        """Train on `settings.device` until `epochs` of the plan are done (the model is back on the CPU after);
+        returns the last loss. Raises TrainingDiverged on NaN."""
+        target = min(self.total_steps, self.steps_at(epochs))
+        start = time.perf_counter()
+        with placed(self.settings.device, self.model, self.teacher):
+            _optimizer_to(self.optimizer, self.settings.device)
+            self._steps(target)
+        self.seconds += time.perf_counter() - start
+        return self.loss
+
+    def _steps(self, target: int) -> None:
+        s, device = self.settings, self.settings.device
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.model.train()
+        while self.step < target:
+            if self.order is None:
+                self.order, self.position = torch.randperm(len(self.train), generator=self.generator), 0
+            for x, y in self.train.batches_in(self.order, s.batch_size, self.generator, self.data.augment,
+                                              self.position):
+                self.position += 1
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=s.label_smoothing)
+                if self.teacher is not None and s.kd_alpha > 0:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x)
+                    kd = distillation_loss(logits, teacher_logits, s.kd_temperature)
+                    loss = (1 - s.kd_alpha) * loss + s.kd_alpha * kd
+                self.loss = float(loss.detach())
+                if not math.isfinite(self.loss):
+                    raise TrainingDiverged(f"loss became {self.loss} at step {self.step} of {self.total_steps}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                if self.step >= target:
+                    break
+            else:
+                self.order = None
+
+    def accuracy(self, split: str = "val") -> float:
+        """Top-1 accuracy on `split` (its first `settings.max_eval_samples` images of the seeded shuffle)."""
+        return evaluate(self.model, getattr(self.data, split).subset(self.settings.max_eval_samples, self.seed))
+
+    def result(self, split: str = "val") -> TrainResult:
+        """What the fine-tune reached so far, scored on `split`."""
+        return TrainResult(accuracy=self.accuracy(split), final_loss=self.loss, steps=self.step, seconds=self.seconds)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a continuation needs, on the CPU."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()), "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "order": self.order, "position": self.position, "step": self.step, "loss": self.loss,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` of a fine-tune with the same plan."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.order, self.position = state["order"], state["position"]
+        self.step, self.loss, self.seconds = state["step"], state["loss"], state["seconds"]
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: str) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(device)
+
+
+def _to_cpu(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to_cpu(v) for v in state]
+    return state
+
+
 def train_model(
     model: nn.Module,
     data: DataBundle,
@@ -130,54 +254,8 @@ def train_model(
     teacher: nn.Module | None = None,
     eval_split: str = "val",
 ) -> TrainResult:
-    """Fine-tune `model` in place on `settings.device` and return its accuracy on `eval_split`; the model is
-    back on the CPU afterwards. Raises TrainingDiverged on NaN."""
-    with placed(settings.device, model, teacher):
-        return _train(model, data, settings, seed, teacher, eval_split)
-
-
-def _train(
-    model: nn.Module, data: DataBundle, settings: TrainSettings, seed: int, teacher: nn.Module | None, eval_split: str
-) -> TrainResult:
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    train = data.train.subset(settings.max_train_samples, seed)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    total_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
-    opt = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
-        nesterov=settings.momentum > 0,
-    )
-    sched = torch.optim.lr_scheduler.OneCycleLR(  # momentum swings ±0.05 against the learning rate
-        opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.15, cycle_momentum=settings.momentum > 0,
-        base_momentum=max(0.0, round(settings.momentum - 0.05, 6)),
-        max_momentum=min(0.99, round(settings.momentum + 0.05, 6)),
-    )
-    if teacher is not None:
-        teacher.eval()
-    step, loss_value = 0, float("nan")
-    model.train()
-    while step < total_steps:
-        for x, y in train.batches(settings.batch_size, shuffle=True, generator=generator, augment=data.augment):
-            x, y = x.to(settings.device, non_blocking=True), y.to(settings.device, non_blocking=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
-            if teacher is not None and settings.kd_alpha > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                kd = distillation_loss(logits, teacher_logits, settings.kd_temperature)
-                loss = (1 - settings.kd_alpha) * loss + settings.kd_alpha * kd
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss became {loss_value} at step {step} of {total_steps}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= total_steps:
-                break
-    split = getattr(data, eval_split).subset(settings.max_eval_samples, seed)
-    accuracy = evaluate(model, split)
-    return TrainResult(accuracy=accuracy, final_loss=loss_value, steps=step, seconds=time.perf_counter() - start)
+    """Fine-tune `model` in place on `settings.device` for `settings.epochs` and return its accuracy on
+    `eval_split`; the model is back on the CPU afterwards. Raises TrainingDiverged on NaN."""
+    tune = FineTune(model, data, settings, seed, teacher)
+    tune.run_to(settings.epochs)
+    return tune.result(eval_split)

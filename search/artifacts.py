@@ -1,7 +1,7 @@
 """Trial artifacts: the weights and ONNX file of the trials on the front, in the run's Optuna artifact store.
 
-A trial uploads `model.pt` (its state_dict) and `model.onnx` only when it lands on the current
-front (the model is still in memory then); `PruneArtifacts`, called after each trial, removes the
+A trial uploads `model.pt` (its state_dict) and `model.onnx` (the export its latency was timed from) only
+when it lands on the current front (the model is still in memory then); `PruneArtifacts`, called after each trial, removes the
 files of trials that have left the front, so `runs/NAME/artifacts/` holds about one front's worth.
 The artifact records stay on the trials (Optuna cannot change a finished trial); a dropped file
 is simply absent from the store.
@@ -13,21 +13,17 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
-import torch.nn as nn
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from evaluators.onnx_export import export_onnx
-from search.constraints import is_feasible
-from search.pareto import pareto_mask
+from evaluators.exported import ExportedModel
+from search.front import dominated, front_numbers
 
 ARTIFACTS_DIR = "artifacts"
 WEIGHTS = "model.pt"
-ONNX = "model.onnx"
 ATTR_PREFIX = "artifacts:"  # where `upload_artifact` records an artifact on its trial (a system attr)
 
 
@@ -38,41 +34,20 @@ def artifact_store(run_dir: str | Path) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(path)
 
 
-def front_numbers(study: optuna.Study) -> set[int]:
-    """Numbers of the completed, feasible trials on the accuracy / latency front."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t.user_attrs)]
-    if not done:
-        return set()
-    mask = pareto_mask(np.array([t.values[0] for t in done]), np.array([t.values[1] for t in done]))
-    return {t.number for t, keep in zip(done, mask) if keep}
-
-
-def dominated(study: optuna.Study, accuracy: float, latency_ms: float) -> bool:
-    """Whether a completed, feasible trial is at least as good on both objectives and better on one."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if not is_feasible(t.user_attrs):
-            continue
-        acc, lat = t.values
-        if acc >= accuracy and lat <= latency_ms and (acc > accuracy or lat < latency_ms):
-            return True
-    return False
-
-
 def keep_if_on_front(
-    trial: optuna.Trial, model: nn.Module, input_shape: tuple[int, ...], accuracy: float, latency_ms: float,
+    trial: optuna.Trial, exported: ExportedModel, accuracy: float, latency_ms: float,
     store: FileSystemArtifactStore,
 ) -> bool:
-    """Upload the model's weights and ONNX file as artifacts of the running trial when it is not dominated
+    """Upload the model's weights and its ONNX export as artifacts of the running trial when it is not dominated
     by a completed trial. Returns whether it did."""
     if dominated(trial.study, accuracy, latency_ms):
         return False
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / WEIGHTS
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-        onnx = export_onnx(model, input_shape, Path(tmp) / ONNX, dynamic_batch=True)
-        for path in (weights, onnx):
+        torch.save({k: v.detach().cpu() for k, v in exported.module.state_dict().items()}, weights)
+        for path in (weights, exported.onnx):  # stored under their file names, model.pt and model.onnx
             upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="application/octet-stream"
+                artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="application/octet-stream",
             )
     return True
 

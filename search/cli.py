@@ -11,6 +11,7 @@ from rich.markup import escape
 from evaluators.data import DataError
 from evaluators.latency.table import TableError
 from evaluators.onnx_export import ExportError
+from registry import UnknownName
 from search.commands import COMMANDS
 from search.errors import UsageError
 from spaces.compress import CompressError
@@ -35,8 +36,8 @@ def _error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; usage, recipe, data, checkpoint, export and latency-table errors print one message and
-    exit with code 2."""
+    """Entry point; usage, recipe, data, checkpoint, export, latency-table and unknown-name errors print one
+    message and exit with code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         _error(f"data: {exc}")
         return UsageError.exit_code
-    except (CompressError, ExportError, TableError) as exc:
+    except (CompressError, ExportError, TableError, UnknownName) as exc:
         _error(str(exc))
         return UsageError.exit_code
     except KeyboardInterrupt:

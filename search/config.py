@@ -13,8 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from evaluators.data import DATASETS
 from evaluators.latency import BACKENDS
 from evaluators.train import resolve_device
+from registry import Registry, UnknownName
 from search.errors import ConfigError, UsageError
 from spaces import SPACES, get_space
+
+
+def known(registry: Registry[Any], name: str, alternative: str = "") -> None:
+    """A validator's check that `name` is registered: ValueError with the registry's message otherwise."""
+    try:
+        registry[name]
+    except UnknownName as exc:
+        raise ValueError(f"{exc}{' (' + alternative + ')' if alternative else ''}") from None
 
 
 class Section(BaseModel):
@@ -34,8 +43,7 @@ class DataConfig(Section):
     @field_validator("dataset")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; known datasets: {sorted(DATASETS)}")
+        known(DATASETS, value)
         return value
 
 
@@ -88,8 +96,8 @@ class LatencyConfig(Section):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value != "auto" and value not in BACKENDS:
-            raise ValueError(f"unknown latency backend {value!r}; known: auto, {', '.join(sorted(BACKENDS))}")
+        if value != "auto":
+            known(BACKENDS, value, "or auto")
         return value
 
     @model_validator(mode="after")
@@ -213,8 +221,8 @@ def validate_config(raw: Any, source: str = "recipe") -> StudyConfig:
         raise ConfigError(f"{source}: space.type: required; known spaces: {', '.join(sorted(SPACES))}")
     try:
         space_cls = get_space(space_raw["type"])
-    except KeyError as exc:
-        raise ConfigError(f"{source}: space.type: {exc.args[0]}") from None
+    except UnknownName as exc:
+        raise ConfigError(f"{source}: space.type: {exc}") from None
     try:
         config.space = space_cls.Config.model_validate(space_raw)
     except ValidationError as exc:

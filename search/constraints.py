@@ -2,17 +2,16 @@
 
 A trial sets one Optuna constraint per recipe limit (`Trial.set_constraint`, which TPE, GP and NSGA-II
 read to steer away from infeasible regions — Optuna 5's replacement of `constraints_func`), and
-records the same values as user attr `constraints` and the verdict as `feasible`, which the front,
+the trial's record keeps the same values as `constraints` and the verdict as `feasible`, which the front,
 the reports and optuna-dashboard read.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import optuna
 
 from search.config import ConstraintsConfig
+from search.record import TrialRecord
 
 NAMES = ("latency_ms", "params", "accuracy")
 
@@ -35,20 +34,17 @@ def violations(cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float, pa
     return out
 
 
-def record(trial: optuna.Trial, cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float, params: int) -> bool:
-    """Set the constraints on a running trial (for the sampler) and store them with the verdict as user
-    attrs `constraints` and `feasible`; no-op without constraints. Returns whether the trial is feasible."""
+def apply_constraints(
+    trial: optuna.Trial, record: TrialRecord, cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float,
+    params: int,
+) -> bool:
+    """Set the constraints on a running trial (for the sampler) and store them with the verdict on its record
+    (`constraints`, `feasible`); no-op without constraints. Returns whether the trial is feasible."""
     if not active(cfg):
         return True
     values = violations(cfg, accuracy=accuracy, latency_ms=latency_ms, params=params)
     for name, value in values.items():
         trial.set_constraint(name, value)
     feasible = all(v <= 0 for v in values.values())
-    trial.set_user_attr("constraints", values)
-    trial.set_user_attr("feasible", feasible)
+    record.save(trial, constraints=values, feasible=feasible)
     return feasible
-
-
-def is_feasible(user_attrs: Mapping[str, Any]) -> bool:
-    """Whether a trial met the recipe's constraints (trials of unconstrained studies always do)."""
-    return bool(user_attrs.get("feasible", True))

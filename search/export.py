@@ -8,9 +8,7 @@ precision, FLOPs and parameters; the ONNX file is checked against PyTorch.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,92 +19,29 @@ import optuna
 import torch
 import torch.nn as nn
 import yaml
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from evaluators.cost import measure_cost
-from evaluators.latency import AVAILABILITY, BACKENDS, BackendUnavailable, LatencyStats, get_backend
-from evaluators.data import Split
-from evaluators.onnx_export import OPSET, export_onnx
-from evaluators.precision import calibration_batches, convert_precision, onnx_accuracy
-from evaluators.train import evaluate, train_model
-from search.artifacts import WEIGHTS, artifact_store, fetch, front_numbers, trial_artifacts
+from evaluators.exported import ExportedModel
+from evaluators.latency import AVAILABILITY, BACKENDS, BackendUnavailable, get_backend
+from evaluators.onnx_export import OPSET
+from search.artifacts import WEIGHTS, artifact_store, fetch, trial_artifacts
 from search.card import write_card
-from search.compress_eval import compress_trial, versus_base
 from search.config import StudyConfig, validate_config
+from search.context import StudyContext, build_context, build_space, recipe_data
 from search.errors import UsageError
-from search.objective import train_settings
-from search.runner import StudyContext, build_context, build_space, recipe_data
+from search.front import front_trials
+from search.record import TrialRecord
+from search.scoring import Scoring, scoring_for
 
-PICKS = ("fastest", "most-accurate", "knee")
 ONNX_TOLERANCE = 1e-4
-_THRESHOLD = re.compile(r"^\s*(latency|latency_ms|accuracy)\s*(<=|>=)\s*([0-9.eE+-]+)\s*$")
-
-
-def _front(study: optuna.Study) -> list[FrozenTrial]:
-    numbers = front_numbers(study)
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number in numbers]
-    if not trials:
-        raise UsageError(f"study {study.study_name!r} has no completed feasible trial yet; nothing to export")
-    return sorted(trials, key=lambda t: t.values[1])
-
-
-def knee(trials: list[FrozenTrial]) -> FrozenTrial:
-    """The front trial farthest above the line from the fastest to the most accurate trial, with both
-    objectives scaled to [0, 1] over the front (ties: the more accurate)."""
-    acc = np.array([t.values[0] for t in trials])
-    lat = np.array([t.values[1] for t in trials])
-    span_acc, span_lat = np.ptp(acc) or 1.0, np.ptp(lat) or 1.0
-    gain = (acc - acc.min()) / span_acc - (lat - lat.min()) / span_lat
-    best = max(range(len(trials)), key=lambda i: (round(float(gain[i]), 12), acc[i]))
-    return trials[best]
-
-
-def pick_trial(study: optuna.Study, pick: str) -> FrozenTrial:
-    """A front trial by rule: fastest, most-accurate, knee, `latency<=X` (the most accurate that fast) or
-    `accuracy>=Y` (the fastest that accurate)."""
-    trials = _front(study)
-    if pick == "fastest":
-        return trials[0]
-    if pick == "most-accurate":
-        return max(trials, key=lambda t: (t.values[0], -t.values[1]))
-    if pick == "knee":
-        return knee(trials)
-    match = _THRESHOLD.match(pick)
-    if not match or (match[1] == "accuracy") != (match[2] == ">="):
-        raise UsageError(
-            f"--pick {pick!r}: expected one of {', '.join(PICKS)}, 'latency<=MS' or 'accuracy>=A' "
-            "(e.g. 'latency<=0.05')"
-        )
-    limit = float(match[3])
-    if match[1] == "accuracy":
-        ok = [t for t in trials if t.values[0] >= limit]
-        chosen = min(ok, key=lambda t: t.values[1]) if ok else None
-    else:
-        ok = [t for t in trials if t.values[1] <= limit]
-        chosen = max(ok, key=lambda t: t.values[0]) if ok else None
-    if chosen is None:
-        shown = ", ".join(f"#{t.number} ({t.values[0]:.4f}, {t.values[1]:.4f} ms)" for t in trials)
-        raise UsageError(f"--pick {pick!r}: no trial on the front meets it; the front is {shown}")
-    return chosen
-
-
-def choose_trial(study: optuna.Study, number: int | None, pick: str | None) -> FrozenTrial:
-    """The trial named by `--trial N`, or the one `--pick` selects from the front."""
-    if number is None:
-        return pick_trial(study, pick or "knee")
-    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if not found:
-        raise UsageError(f"--trial {number}: study {study.study_name!r} has no such trial (0..{len(study.trials) - 1})")
-    if found[0].state != TrialState.COMPLETE:
-        raise UsageError(f"--trial {number}: the trial is {found[0].state.name.lower()}, not complete")
-    return found[0]
 
 
 def load_weights(study: optuna.Study, trial: FrozenTrial, run_dir: Path, model: nn.Module, tmp: Path) -> None:
     """Load the trial's stored state_dict into `model`; a clear error when it has none."""
     path = tmp / WEIGHTS
     if not fetch(trial, WEIGHTS, artifact_store(run_dir), path):
-        kept = [t.number for t in _front(study) if WEIGHTS in trial_artifacts(t)]
+        kept = [t.number for t in front_trials(study) if WEIGHTS in trial_artifacts(t)]
         raise UsageError(
             f"trial #{trial.number} has no stored weights: only trials on the front keep them, and they are "
             f"dropped when a trial leaves it. Trials with weights: {', '.join(f'#{n}' for n in kept) or 'none'}"
@@ -150,85 +85,26 @@ def tensorrt_engine(
             "backend_version": stats.backend_version, "precision": stats.precision, "batch_size": stats.batch_size}
 
 
-class Scorer:
-    """Scores a model as the study scored its trials: PyTorch on the validation split, or, for a compressed
-    candidate at fp16 / int8, ONNX Runtime at that precision; latency at the precision the study timed."""
-
-    def __init__(self, config: StudyConfig, ctx: StudyContext, candidate: dict[str, Any], seed: int) -> None:
-        self.config, self.ctx, self.seed = config, ctx, seed
-        self.settings = train_settings(config)
-        self.val = ctx.data.val.subset(self.settings.max_eval_samples, seed)
-        compress = compress_trial(config, ctx.space, ctx.data, ctx.backend)
-        self.calibration: list[np.ndarray] | None
-        if compress is not None:
-            self.precision = self.accuracy_precision = candidate.get("precision", "fp32")
-            self.calibration = compress.calibration
-        else:
-            self.precision, self.accuracy_precision = config.latency.precision, "fp32"
-            batch = config.latency.batch_size
-            self.calibration = calibration_batches(
-                ctx.data.train, batches=max(1, 64 // batch), batch_size=batch, seed=config.seed
-            ) if self.precision == "int8" else None
-
-    def accuracy(self, model: nn.Module, split: Split) -> float:
-        """Accuracy on `split` at the precision the study scored this kind of candidate (fp16 / int8: the
-        converted ONNX model in ONNX Runtime)."""
-        if self.accuracy_precision == "fp32":
-            return evaluate(model, split)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(model, self.ctx.data.input_shape, Path(tmp) / "model.onnx", dynamic_batch=True)
-            path = convert_precision(path, Path(tmp) / "model.low.onnx", self.accuracy_precision, self.calibration)
-            return onnx_accuracy(path, split, batch_size=64)
-
-    def fine_tune(self, model: nn.Module, epochs: float) -> None:
-        """More of the study's fine-tune (distilled from the base in a compression study)."""
-        settings = dataclasses.replace(self.settings, epochs=epochs)
-        train_model(model, self.ctx.data, settings, seed=self.seed, teacher=getattr(self.ctx.space, "base", None))
-
-    def latency(self, model: nn.Module) -> LatencyStats:
-        """Latency on the study's backend, at the precision the study timed."""
-        return self.ctx.backend.measure(model, self.ctx.data.input_shape, self.precision,
-                                        self.config.latency.batch_size,
-                                        calibration=self.calibration if self.precision == "int8" else None)
+def _search_match(scoring: Scoring, record: TrialRecord, measured: float, images: int) -> dict[str, Any]:
+    tolerance = 1.0 / max(images, 1)
+    return {"search": record.accuracy, "validation_images": images, "tolerance": tolerance,
+            "matches_search": abs(measured - float(record.accuracy)) <= tolerance + 1e-12,
+            "precision": scoring.accuracy_precision(record.candidate)}
 
 
-def _accuracy(scorer: Scorer, model: nn.Module, trial: FrozenTrial, finetune_epochs: float | None,
-              say: Callable[[str], None]) -> dict[str, Any]:
-    search_accuracy = float(trial.user_attrs["accuracy"])
-    measured = scorer.accuracy(model, scorer.val)
-    tolerance = 1.0 / max(len(scorer.val), 1)
-    accuracy: dict[str, Any] = {
-        "search": search_accuracy, "validation_images": len(scorer.val), "tolerance": tolerance,
-        "matches_search": abs(measured - search_accuracy) <= tolerance + 1e-12,
-        "precision": scorer.accuracy_precision,
-    }
-    if finetune_epochs:
-        say(f"fine-tuning trial #{trial.number} for {finetune_epochs:g} more epoch(s)")
-        scorer.fine_tune(model, finetune_epochs)
-        accuracy["before_fine_tune"] = measured
-        measured = scorer.accuracy(model, scorer.val)
-    test = scorer.ctx.data.test
-    accuracy.update(validation=measured, test=scorer.accuracy(model, test), test_images=len(test),
-                    fine_tune_epochs=finetune_epochs or 0)
-    return accuracy
-
-
-def _write_model(model: nn.Module, out: Path, config: StudyConfig, candidate: dict[str, Any],
-                 scorer: Scorer) -> tuple[Path, dict[str, Any]]:
-    model.eval()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
-    (out / "candidate.json").write_text(json.dumps(candidate, indent=2))
-    (out / "recipe.yaml").write_text(yaml.safe_dump({**config.dump(), "storage": None}, sort_keys=False))
-    onnx_path = export_onnx(model, scorer.ctx.data.input_shape, out / "model.onnx", dynamic_batch=True)
-    x, _ = next(scorer.val.batches(64))
-    diff = onnx_difference(onnx_path, model, x)
+def _onnx_files(exported: ExportedModel, out: Path, scoring: Scoring, candidate: dict[str, Any],
+                x: torch.Tensor) -> dict[str, Any]:
+    """Copy the export (and the model at its timed precision) into `out`, checked against PyTorch on `x`."""
+    shutil.copyfile(exported.onnx, out / "model.onnx")
+    diff = onnx_difference(out / "model.onnx", exported.module, x)
     onnx: dict[str, Any] = {"file": "model.onnx", "opset": OPSET, "dynamic_batch": True, "checked_images": len(x),
                             "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE, "matches": diff <= ONNX_TOLERANCE}
-    if scorer.precision != "fp32":
-        name = f"model.{scorer.precision}.onnx"
-        convert_precision(onnx_path, out / name, scorer.precision, scorer.calibration)
+    precision = scoring.precision(candidate)
+    if precision != "fp32":
+        name = f"model.{precision}.onnx"
+        shutil.copyfile(exported.at(precision, scoring.calibration()), out / name)
         onnx["at_precision"] = name
-    return onnx_path, onnx
+    return onnx
 
 
 def export_trial(
@@ -236,32 +112,49 @@ def export_trial(
     finetune_epochs: float | None = None, say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write model.pt, candidate.json, recipe.yaml, model.onnx (and the model at the study's precision),
-    model.engine (TensorRT), card.json and card.md for `trial` into `out`, measuring everything again."""
+    model.engine (TensorRT), card.json and card.md for `trial` into `out`, measuring everything again with the
+    study's own scoring."""
     out.mkdir(parents=True, exist_ok=True)
     ctx = build_context(config)
-    candidate = trial.user_attrs["candidate"]
+    scoring = scoring_for(ctx)
+    scoring.attach(study)
+    record = TrialRecord.of(trial)
+    candidate = record.candidate
     model = ctx.space.build(candidate)
+    seed = config.seed + trial.number
+    val, test = scoring.validation(seed), ctx.data.test
     with tempfile.TemporaryDirectory() as tmp:
         load_weights(study, trial, config.run_dir, model, Path(tmp))
-    scorer = Scorer(config, ctx, candidate, config.seed + trial.number)
-    accuracy = _accuracy(scorer, model, trial, finetune_epochs, say)
-    onnx_path, onnx = _write_model(model, out, config, candidate, scorer)
+        exported = ExportedModel(model, ctx.data.input_shape, Path(tmp) / "search")
+        measured = scoring.accuracy(model, exported, candidate, val)
+        accuracy = _search_match(scoring, record, measured, len(val))
+        if finetune_epochs:
+            say(f"fine-tuning trial #{trial.number} for {finetune_epochs:g} more epoch(s)")
+            scoring.fine_tune(model, seed, finetune_epochs).run_to(finetune_epochs)
+            exported = ExportedModel(model, ctx.data.input_shape, Path(tmp) / "fine-tuned")
+            accuracy["before_fine_tune"], measured = measured, scoring.accuracy(model, exported, candidate, val)
+        accuracy.update(validation=measured, test=scoring.accuracy(model, exported, candidate, test),
+                        test_images=len(test), fine_tune_epochs=finetune_epochs or 0)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
+        (out / "candidate.json").write_text(json.dumps(candidate, indent=2))
+        (out / "recipe.yaml").write_text(yaml.safe_dump({**config.dump(), "storage": None}, sort_keys=False))
+        onnx = _onnx_files(exported, out, scoring, candidate, next(val.batches(64))[0])
+        stats = scoring.latency(exported, candidate)
     cost = measure_cost(model, ctx.data.input_shape)
-    stats = scorer.latency(model)
     latency = {k: v for k, v in stats.as_dict().items() if k != "extra"}
     latency["search_median_ms"] = trial.values[1]
-    trt = tensorrt_engine(onnx_path, out, ctx, scorer.precision, scorer.calibration, say)
-    base = study.user_attrs.get("base")
+    precision = scoring.precision(candidate)
+    trt = tensorrt_engine(out / "model.onnx", out, ctx, precision, scoring.calibration(), say)
+    versus = scoring.versus_base(cost, accuracy["validation"], stats.median_ms)
+    base = study.user_attrs.get("base") or {}
     card = {
-        "study": config.name, "trial": trial.number, "chosen_by": how,
-        "description": getattr(ctx.space, "describe", lambda c: "")(candidate),
+        "study": config.name, "trial": trial.number, "chosen_by": how, "description": ctx.space.describe(candidate),
         "candidate": candidate, "input_shape": list(ctx.data.input_shape), "num_classes": ctx.data.num_classes,
         "dataset": ctx.data.name, "accuracy": accuracy, "latency": latency, "cost": cost.as_dict(),
         "onnx": onnx, "tensorrt": trt,
-        "versus_base": {
-            "base": {k: base.get(k) for k in ("accuracy", "latency_ms", "params", "flops", "macs")},
-            **versus_base(base, cost, accuracy["validation"], stats.median_ms),
-        } if base else None,
+        "versus_base": None if versus is None else {
+            "base": {k: base.get(k) for k in ("accuracy", "latency_ms", "params", "flops", "macs")}, **versus,
+        },
         "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("card.")),
     }
     write_card(card, out)

@@ -1,23 +1,28 @@
-"""The accuracy / latency Pareto front of a study: table, hypervolume and plots."""
+"""The trials of a study as a table, the front marked (`search.front`), and its reports: pareto.csv, .png, .html."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from search.front import front_numbers
+from search.record import TrialRecord
 
-def trials_frame(study: optuna.Study, describe: Any = None) -> pd.DataFrame:
-    """One row per trial: state, objectives, cost, latency details, and whether it is on the front."""
+
+def trials_frame(study: optuna.Study, describe: Callable[[dict[str, Any]], str] | None = None) -> pd.DataFrame:
+    """One row per trial: state, objectives, cost, latency details, and whether it is on the front
+    (`search.front`)."""
+    on_front = front_numbers(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        lat = t.user_attrs.get("latency", {})
-        candidate = t.user_attrs.get("candidate")
+        r = TrialRecord.of(t)
+        lat, versus = r.latency or {}, r.vs_base or {}
         rows.append(
             {
                 "trial": t.number,
@@ -26,46 +31,19 @@ def trials_frame(study: optuna.Study, describe: Any = None) -> pd.DataFrame:
                 "latency_ms": t.values[1] if t.values else np.nan,
                 "p90_ms": lat.get("p90_ms", np.nan),
                 "cv": lat.get("cv", np.nan),
-                "macs": t.user_attrs.get("macs", np.nan),
-                "params": t.user_attrs.get("params", np.nan),
-                "seconds": t.user_attrs.get("seconds", {}).get("total", np.nan),
+                "macs": np.nan if r.macs is None else r.macs,
+                "params": np.nan if r.params is None else r.params,
+                "seconds": r.seconds.get("total", np.nan),
                 "backend": lat.get("backend", ""),
-                "candidate": describe(candidate) if (describe and candidate) else json.dumps(candidate),
-                "error": t.user_attrs.get("error", ""),
-                "feasible": t.user_attrs.get("feasible"),
-                "speedup": t.user_attrs.get("vs_base", {}).get("speedup", np.nan),
-                "compression": t.user_attrs.get("vs_base", {}).get("compression", np.nan),
+                "candidate": describe(r.candidate) if (describe and r.candidate) else json.dumps(r.candidate),
+                "error": r.error or "",
+                "feasible": r.feasible,
+                "speedup": versus.get("speedup", np.nan),
+                "compression": versus.get("compression", np.nan),
+                "front": t.number in on_front,
             }
         )
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    done = (df["state"] == TrialState.COMPLETE.name) & df["feasible"].map(lambda v: v is not False)
-    df["front"] = False
-    df.loc[done, "front"] = pareto_mask(df.loc[done, "accuracy"].to_numpy(), df.loc[done, "latency_ms"].to_numpy())
-    return df
-
-
-def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
-    """True where no other point is at least as accurate and as fast, and strictly better in one."""
-    acc = np.asarray(accuracy, dtype=float)
-    lat = np.asarray(latency, dtype=float)
-    mask = np.ones(len(acc), dtype=bool)
-    for i in range(len(acc)):
-        dominated = (acc >= acc[i]) & (lat <= lat[i]) & ((acc > acc[i]) | (lat < lat[i]))
-        mask[i] = not dominated.any()
-    return mask
-
-
-def hypervolume(accuracy: np.ndarray, latency: np.ndarray, ref_latency: float, ref_accuracy: float = 0.0) -> float:
-    """Area dominated by the points, bounded by (ref_accuracy, ref_latency): larger is better."""
-    pts = [(lat, acc) for acc, lat in zip(accuracy, latency) if lat < ref_latency and acc > ref_accuracy]
-    area, best_acc = 0.0, ref_accuracy
-    for lat, acc in sorted(pts):
-        if acc > best_acc:
-            area += (ref_latency - lat) * (acc - best_acc)
-            best_acc = acc
-    return float(area)
+    return pd.DataFrame(rows)
 
 
 def front(df: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,9 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from search.front import front_trials
+from search.record import TrialRecord
+
 
 class StudyProgress:
     """Optuna callback that advances a bar on each completed trial and prints one line per trial."""
@@ -44,9 +47,10 @@ class StudyProgress:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             acc, lat = trial.values
-            what = self.describe(trial.user_attrs["candidate"]) if self.describe else ""
+            record = TrialRecord.of(trial)
+            what = self.describe(record.candidate) if self.describe and record.candidate else ""
             self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {what}", highlight=False)
-            self.progress.update(self.task, advance=1, front=len(study.best_trials))
+            self.progress.update(self.task, advance=1, front=len(front_trials(study)))
         else:
-            reason = trial.user_attrs.get("error", trial.state.name)
+            reason = TrialRecord.of(trial).error or trial.state.name
             self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)

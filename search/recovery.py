@@ -17,10 +17,10 @@ import time
 from typing import Callable
 
 import optuna
-from sqlalchemy.orm import Session
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy.orm import Session
 
 
 def grace_period(interval: int) -> int:

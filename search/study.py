@@ -13,25 +13,20 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
 
+from evaluators.latency import LatencyBackend
 from search.config import StudyConfig
 from search.errors import UsageError
-from search.executors.lock import flock
-from search.executors.seeding import ProcessSeededSampler
 from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, read_frozen, run_dir_storage
-from search.recovery import grace_period
+from search.locks import locked
+from search.recovery import grace_period, recover_stale_trials
+from search.seeding import ProcessSeededSampler
+from spaces import Space
 
 OBJECTIVES = ("accuracy", "latency_ms")
 DIRECTIONS = ("maximize", "minimize")
 STORAGE_ATTEMPTS = 3
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, held for the block, for what the processes of one study must do once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with flock(path):
-        yield
 
 
 def storage_url(config: StudyConfig) -> str:
@@ -77,7 +72,7 @@ def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.Base
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     """The recipe's sampler, seeded, so the same recipe samples the same candidates; processes sharing
-    the study seed theirs apart (see `search.executors.seeding`)."""
+    the study seed theirs apart (see `search.seeding`)."""
     return ProcessSeededSampler(partial(seeded_sampler, config), config.seed)
 
 
@@ -142,19 +137,18 @@ def create_or_load_study(config: StudyConfig) -> optuna.Study:
     return study
 
 
-def enqueue_anchors(study: optuna.Study, space: Any, config: StudyConfig, trials: int | None = None) -> int:
+def enqueue_anchors(study: optuna.Study, space: Space, config: StudyConfig, trials: int | None = None) -> int:
     """Queue the space's anchor policies (`search.anchors` of them per precision; see the compress space) as
     the first trials of a study that has none yet, if they take at most half of the run's `trials` (default
     `search.trials`; a budget they would fill leaves them out); returns how many were queued. Processes
     starting the same study together queue them once."""
-    anchors = getattr(space, "anchors", None)
-    if anchors is None or config.search.anchors == 0:
+    if config.search.anchors == 0:
         return 0
     with locked(config.run_dir / "anchors.lock"):
         if study.get_trials(deepcopy=False):
             return 0
-        params = anchors(config.search.anchors)
-        if len(params) > (trials or config.search.trials) // 2:
+        params = space.anchors(config.search.anchors)
+        if not params or len(params) > (trials or config.search.trials) // 2:
             return 0
         for p in params:
             study.enqueue_trial(p, user_attrs={"anchor": True}, skip_if_exists=True)
@@ -173,3 +167,31 @@ def open_study(run_dir: str | Path) -> tuple[StudyConfig, optuna.Study]:
     except KeyError:
         raise UsageError(f"{run_dir}: study {config.name!r} not found in {storage_url(config)}") from None
     return config, study
+
+
+def completed(study: optuna.Study) -> int:
+    """How many trials of the study have completed."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def check_backend(study: optuna.Study, backend: LatencyBackend, precision: str) -> None:
+    """Refuse to mix latencies from different backends, devices or precisions in one study."""
+    mine = {"backend": backend.name, "device": backend.device(), "precision": precision}
+    recorded = study.user_attrs.get("latency_backend")
+    if recorded is None:
+        study.set_user_attr("latency_backend", mine)
+    elif recorded != mine:
+        raise UsageError(
+            f"study {study.study_name!r} measured latency with {recorded}; this process would use {mine}. "
+            "Latencies from different engines or devices are not comparable: start a new study (--set name=...)."
+        )
+
+
+def open_for_run(config: StudyConfig) -> optuna.Study:
+    """The study a parent process runs workers on: the recipe frozen, the study created or re-opened, and the
+    trials of dead workers failed and queued again, so the workers neither race to create it nor wait on them."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with frozen_recipe(config):
+        study = create_or_load_study(config)
+    recover_stale_trials(study)
+    return study

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 
@@ -38,3 +39,24 @@ class ConvBNAct(nn.Sequential):
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
+
+
+class ChannelShuffle(nn.Module):
+    """Interleave `groups` equal channel groups: (N, g·c, H, W) → view (N, g, c, H, W) → swap → (N, c·g, H, W), so
+    the next group conv sees every group. `as_gather` runs it as one `index_select` (a single autograd node, which
+    the pruning dependency graph can follow; see `spaces.compress.shuffle`)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.as_gather = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if self.as_gather:
+            order = torch.arange(c, device=x.device).view(self.groups, c // self.groups).t().reshape(-1)
+            return x.index_select(1, order)
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

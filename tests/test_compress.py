@@ -14,13 +14,20 @@ from evaluators.data import load_data
 from evaluators.train import TrainSettings, evaluate, recalibrate_bn, train_model
 from spaces import RandomSuggest
 from spaces.compress import (
-    CompressError, CompressSpace, CompressSpaceConfig, build_model, compress, load_checkpoint, prunable_groups,
+    CompressError,
+    CompressSpace,
+    CompressSpaceConfig,
+    build_model,
+    compress,
+    load_checkpoint,
+    prunable_groups,
 )
 from spaces.compress.importance import make_importance
-from spaces.compress.lowrank import factorize_conv, factorize_linear, factorize_layers
+from spaces.compress.lowrank import factorize_conv, factorize_layers, factorize_linear
 from spaces.compress.nets import tiny_resnet
 from spaces.compress.prune import ChannelGraph, kept_channels
-from spaces.compress.shuffle import ChannelShuffle, expose_channel_shuffles
+from spaces.compress.shuffle import expose_channel_shuffles
+from spaces.layers import ChannelShuffle
 
 
 def params(model: nn.Module) -> int:

@@ -3,15 +3,18 @@ physically smaller than the base, adaptive-BN and precision-aware accuracy, comp
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search.base import prepare_base
 from search.cli import main
 from search.config import load_config, validate_config
-from search.runner import build_context, recipe_data, run_study
+from search.context import build_context, recipe_data
+from search.executors.inprocess import run_study
+from search.scoring.base_network import prepare_base
 from spaces.compress import fingerprint
 
 
@@ -71,6 +74,15 @@ def test_cli_study_compresses_the_base_and_resumes_without_retraining(tmp_path, 
 
     assert main(["status", str(run_dir)]) == 0
     assert "speedup" in capsys.readouterr().out
+
+    out = tmp_path / "export"
+    assert main(["export", str(run_dir), "--pick", "knee", "--out", str(out)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["accuracy"]["matches_search"], "export scores a compressed candidate exactly as the study did"
+    assert card["accuracy"]["precision"] == card["candidate"]["precision"] == card["latency"]["precision"]
+    assert card["versus_base"]["base"]["params"] == base["params"]
+    assert card["versus_base"]["compression"] == pytest.approx(base["params"] / card["cost"]["params"])
+    assert (out / card["onnx"]["at_precision"]).stat().st_size > 0
 
 
 @pytest.mark.parametrize("model, size, message", [

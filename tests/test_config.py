@@ -37,7 +37,7 @@ def test_set_overrides_nested_keys(recipe_file):
         ({"data.dataset": "imagenet"}, "data.dataset", "unknown dataset"),
         ({"space.type": "galaxy"}, "space.type", "unknown space"),
         ({"space.stem_width": [24, 8]}, "space.stem_width", "1 <= low <= high"),
-        ({"latency.backend": "onnx"}, "latency.backend", "unknown latency backend 'onnx'; known: auto, onnxruntime"),
+        ({"latency.backend": "onnx"}, "latency.backend", "unknown latency backend 'onnx'; known latency backends: onnxruntime"),
     ],
 )
 def test_bad_recipe_names_the_field(recipe_file, changes, field, expected):

@@ -6,12 +6,14 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from search.artifacts import front_numbers, trial_artifacts
+from search.artifacts import trial_artifacts
 from search.cli import main
 from search.config import load_config
-from search.constraints import record
+from search.constraints import apply_constraints
+from search.executors.inprocess import run_study
+from search.front import front_numbers
 from search.pareto import trials_frame
-from search.runner import run_study
+from search.record import TrialRecord
 from search.study import create_or_load_study
 
 
@@ -63,10 +65,11 @@ def test_recorded_constraints_reach_optuna(recipe_file, sampler):
                          ["constraints.latency_ms=0.5", "constraints.accuracy=0.9", "constraints.params=1000"])
     study = create_or_load_study(config)
     over = study.ask()  # better on both objectives, but too many parameters
-    assert not record(over, config.constraints, accuracy=0.95, latency_ms=0.25, params=1500)
+    assert not apply_constraints(over, TrialRecord(), config.constraints, accuracy=0.95, latency_ms=0.25,
+                                 params=1500)
     study.tell(over, (0.95, 0.25))
     within = study.ask()
-    assert record(within, config.constraints, accuracy=0.92, latency_ms=0.4, params=900)
+    assert apply_constraints(within, TrialRecord(), config.constraints, accuracy=0.92, latency_ms=0.4, params=900)
     study.tell(within, (0.92, 0.4))
     first = study.trials[0]
     assert first.constraints == {"latency_ms": pytest.approx(-0.5), "params": pytest.approx(0.5),

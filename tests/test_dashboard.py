@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from search.artifacts import ARTIFACTS_DIR, front_numbers
+from search.artifacts import ARTIFACTS_DIR
 from search.cli import main
 from search.config import load_config
-from search.runner import run_study
+from search.executors.inprocess import run_study
+from search.front import front_numbers
 from search.study import create_or_load_study, frozen_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Export of a chosen trial: files, ONNX equal to PyTorch, accuracy re-measured equal to the trial's."""
+"""Export of a chosen trial: files, ONNX equal to PyTorch, accuracy re-measured equal to the trial's; the pick rules."""
 
 from __future__ import annotations
 
@@ -6,45 +6,64 @@ import json
 
 import numpy as np
 import onnxruntime as ort
+import optuna
+import pytest
 import torch
-from optuna.trial import TrialState
+import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from evaluators.latency import AVAILABILITY
-from search.artifacts import WEIGHTS, front_numbers, trial_artifacts
+from search.artifacts import WEIGHTS, trial_artifacts
 from search.cli import main
 from search.config import load_config
-from search.export import choose_trial, rebuild
-from search.runner import build_context, run_study
+from search.context import build_context
+from search.errors import UsageError
+from search.executors.inprocess import run_study
+from search.export import rebuild
+from search.front import front_numbers
+from search.picks import choose_trial, knee, pick_trial
+from tests.conftest import tiny_recipe
 
 FILES = {"model.pt", "candidate.json", "recipe.yaml", "model.onnx", "card.md", "card.json"}
 
 
-def test_export_pick_and_trial(recipe_file, tmp_path, capsys):
-    config = load_config(recipe_file(**{"search.trials": 3}))
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A three-trial digits study, run once for the tests of this module."""
+    tmp = tmp_path_factory.mktemp("export")
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp, **{"search.trials": 3})))
+    config = load_config(path)
     study = run_study(config, show_progress=False)
-    run_dir = str(config.run_dir)
-    front = front_numbers(study)
     trials = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    return config, study, trials
 
-    # Weights and ONNX are kept for the trials on the front, and only for them.
+
+def test_only_trials_on_the_front_keep_weights_and_onnx(finished):
+    config, study, trials = finished
+    front = front_numbers(study)
     store_files = {p.name for p in (config.run_dir / "artifacts").iterdir()}
     for n, t in trials.items():
         stored = set(trial_artifacts(t).values()) & store_files
         assert (len(stored) == 2) == (n in front), (n, front)
 
+
+def test_knee_export_writes_its_files_and_a_card_measured_again(finished, tmp_path):
+    config, study, trials = finished
     out = tmp_path / "knee"
-    assert main(["export", run_dir, "--pick", "knee", "--out", str(out)]) == 0
+    assert main(["export", str(config.run_dir), "--pick", "knee", "--out", str(out)]) == 0
     assert FILES <= {p.name for p in out.iterdir()}
     card = json.loads((out / "card.json").read_text())
     chosen = trials[card["trial"]]
-    assert card["trial"] in front and card["chosen_by"] == "--pick knee"
-    assert card["accuracy"]["matches_search"]
-    assert abs(card["accuracy"]["validation"] - chosen.user_attrs["accuracy"]) <= card["accuracy"]["tolerance"]
+    assert card["trial"] in front_numbers(study) and card["chosen_by"] == "--pick knee"
     assert card["accuracy"]["search"] == chosen.user_attrs["accuracy"]
+    assert card["accuracy"]["matches_search"]
     assert 0 <= card["accuracy"]["test"] <= 1 and card["accuracy"]["test_images"] > 0
     assert card["onnx"]["matches"] and card["onnx"]["max_abs_diff"] <= 1e-4
     assert card["latency"]["backend"] == chosen.user_attrs["latency"]["backend"]
     assert card["cost"]["params"] == chosen.user_attrs["params"] and card["cost"]["flops"] > 0
+    assert card["versus_base"] is None, "a block study has no base network"
     assert json.loads((out / "candidate.json").read_text()) == chosen.user_attrs["candidate"]
     if AVAILABILITY["tensorrt"]() is None:
         assert (out / "model.engine").stat().st_size > 0
@@ -53,7 +72,11 @@ def test_export_pick_and_trial(recipe_file, tmp_path, capsys):
     md = (out / "card.md").read_text()
     assert f"trial #{card['trial']}" in md and "accuracy, test" in md and "ONNX" in md
 
-    # The files stand on their own: rebuilt PyTorch and ONNX Runtime agree on real images.
+
+def test_exported_files_stand_on_their_own(finished, tmp_path):
+    config, _, trials = finished
+    out = tmp_path / "fastest"
+    assert main(["export", str(config.run_dir), "--pick", "fastest", "--out", str(out)]) == 0
     model = rebuild(out)
     x, _ = next(build_context(config).data.val.batches(32))
     with torch.no_grad():
@@ -62,44 +85,79 @@ def test_export_pick_and_trial(recipe_file, tmp_path, capsys):
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4
 
-    fastest = min(front, key=lambda n: trials[n].values[1])
-    assert choose_trial(study, None, "fastest").number == fastest
-    most = max(front, key=lambda n: (trials[n].values[0], -trials[n].values[1]))
-    assert choose_trial(study, None, "most-accurate").number == most
-    limit = trials[most].values[1]
-    assert choose_trial(study, None, f"latency<={limit}").number == most
-    assert choose_trial(study, None, f"accuracy>={trials[fastest].values[0]}").number == fastest
 
-    study.set_user_attr("base", {"accuracy": 0.5, "latency_ms": 1.0, "params": 100_000, "flops": 10**7})
-    out2 = tmp_path / "by-number"
-    assert main(["export", run_dir, "--trial", str(fastest), "--out", str(out2), "--finetune-epochs", "0.5"]) == 0
-    card2 = json.loads((out2 / "card.json").read_text())
-    assert card2["trial"] == fastest and card2["accuracy"]["fine_tune_epochs"] == 0.5
-    assert card2["accuracy"]["matches_search"]
-    acc2 = card2["accuracy"]
-    versus = card2["versus_base"]
-    assert versus["speedup"] == 1.0 / card2["latency"]["median_ms"]
-    assert versus["compression"] == 100_000 / card2["cost"]["params"]
-    assert versus["flops_reduction"] == 1 - card2["cost"]["flops"] / 10**7
-    assert versus["accuracy_change"] == acc2["validation"] - 0.5
-    assert "versus base" in (out2 / "card.md").read_text()
-    assert abs(acc2["before_fine_tune"] - acc2["search"]) <= acc2["tolerance"]
-    capsys.readouterr()
+def test_a_longer_fine_tune_at_export_starts_from_the_searched_weights(finished, tmp_path):
+    config, study, _ = finished
+    fastest = pick_trial(study, "fastest").number
+    out = tmp_path / "by-number"
+    assert main(["export", str(config.run_dir), "--trial", str(fastest), "--out", str(out),
+                 "--finetune-epochs", "0.5"]) == 0
+    acc = json.loads((out / "card.json").read_text())["accuracy"]
+    assert acc["fine_tune_epochs"] == 0.5 and acc["matches_search"]
+    assert abs(acc["before_fine_tune"] - acc["search"]) <= acc["tolerance"]
+    assert "more epoch(s) of fine-tuning" in (out / "card.md").read_text()
 
-    off_front = [n for n in trials if n not in front]
-    for n in off_front:
-        assert main(["export", run_dir, "--trial", str(n), "--out", str(tmp_path / "off")]) == 2
-        assert f"trial #{n} has no stored weights" in capsys.readouterr().err
+
+def test_a_trial_off_the_front_is_refused_for_want_of_weights(finished, tmp_path, capsys):
+    config, study, trials = finished
+    front = front_numbers(study)
     assert all(WEIGHTS in trial_artifacts(trials[n]) for n in front)
+    for n in (n for n in trials if n not in front):
+        assert main(["export", str(config.run_dir), "--trial", str(n), "--out", str(tmp_path / "off")]) == 2
+        assert f"trial #{n} has no stored weights" in capsys.readouterr().err
 
 
-def test_export_bad_requests_are_usage_errors(recipe_file, tmp_path, capsys):
-    config = load_config(recipe_file(**{"search.trials": 1}))
-    run_study(config, show_progress=False)
-    run_dir = str(config.run_dir)
+def test_export_bad_requests_are_usage_errors(finished, tmp_path, capsys):
+    run_dir = str(finished[0].run_dir)
     assert main(["export", run_dir, "--pick", "cheapest", "--out", str(tmp_path / "o")]) == 2
     assert "--pick 'cheapest': expected one of fastest, most-accurate, knee" in capsys.readouterr().err
     assert main(["export", run_dir, "--pick", "latency<=0.000001", "--out", str(tmp_path / "o")]) == 2
     assert "no trial on the front meets it" in capsys.readouterr().err
     assert main(["export", run_dir, "--trial", "7", "--out", str(tmp_path / "o")]) == 2
     assert "--trial 7: study" in capsys.readouterr().err
+
+
+def synthetic_study(points: list[tuple[float, float]], infeasible: tuple[int, ...] = ()) -> optuna.Study:
+    """A study whose completed trials have these (accuracy, latency) values."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, values in enumerate(points):
+        study.add_trial(create_trial(
+            values=list(values), params={"x": float(i)}, distributions={"x": FloatDistribution(0, 100)},
+            user_attrs={"feasible": False} if i in infeasible else {},
+        ))
+    return study
+
+
+# Front: (0.50, 1 ms), (0.80, 2 ms), (0.85, 6 ms), (0.90, 10 ms); (0.60, 5 ms) is dominated; (0.99, 0.5 ms) breaks a
+# constraint. Scaled to [0, 1] over the front, trial 1 lies 0.750 - 0.111 = 0.639 above the fastest-to-most-accurate
+# line, trial 2 0.875 - 0.556 = 0.319: the knee is trial 1.
+POINTS = [(0.50, 1.0), (0.80, 2.0), (0.85, 6.0), (0.90, 10.0), (0.60, 5.0), (0.99, 0.5)]
+
+
+@pytest.mark.parametrize("rule, expected", [
+    ("fastest", 0), ("most-accurate", 3), ("knee", 1), ("latency<=6", 2), ("latency<=5.99", 1),
+    ("accuracy>=0.82", 2), ("accuracy >= 0.5", 0),
+])
+def test_pick_rules_choose_from_the_feasible_front(rule, expected):
+    assert pick_trial(synthetic_study(POINTS, infeasible=(5,)), rule).number == expected
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("latency<=0.9", "no trial on the front meets it; the front is #0 (0.5000, 1.0000 ms)"),
+    ("accuracy<=0.5", "expected one of fastest, most-accurate, knee"),
+    ("accuracy>=0.95", "no trial on the front meets it"),
+])
+def test_a_pick_no_front_trial_meets_is_a_usage_error(rule, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pick_trial(synthetic_study(POINTS, infeasible=(5,)), rule)
+
+
+def test_knee_of_a_straight_front_is_the_more_accurate_end_and_of_one_trial_that_trial():
+    line = synthetic_study([(0.5, 1.0), (0.7, 2.0), (0.9, 3.0)])
+    assert knee(line.trials).number == 2
+    assert knee(synthetic_study([(0.5, 1.0)]).trials).number == 0
+
+
+def test_a_study_without_a_feasible_trial_has_nothing_to_export():
+    with pytest.raises(UsageError, match="no completed feasible trial yet"):
+        choose_trial(synthetic_study([(0.9, 1.0)], infeasible=(0,)), None, "knee")

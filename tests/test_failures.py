@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import load_config
-from search.runner import run_study
+from search.executors.inprocess import run_study
 from search.study import create_or_load_study, storage_url
 
 

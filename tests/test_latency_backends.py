@@ -13,14 +13,15 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
+from evaluators.exported import ExportedModel
 from evaluators.latency import BackendUnavailable, UnsupportedRequest, get_backend, resolve_backend_name
 from evaluators.latency.base import SIMD_FLAGS, cpu_name
 from evaluators.latency.tensorrt_backend import quantize_int8_symmetric
 from evaluators.onnx_export import export_onnx
 from search.cli import main
 from search.config import load_config
+from search.context import make_backend
 from search.errors import UsageError
-from search.runner import make_backend
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_GPU = torch.cuda.is_available()
@@ -29,10 +30,6 @@ HAS_GPU = torch.cuda.is_available()
 def small_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(16, 10))
-
-
-def big_net() -> nn.Module:
-    return nn.Sequential(*[nn.Conv2d(3 if i == 0 else 64, 64, 3, padding=1) for i in range(4)])
 
 
 def test_torch_cpu_backend_measures_a_module():
@@ -51,9 +48,11 @@ def test_torch_cpu_backend_restores_thread_count():
     assert torch.get_num_threads() == before
 
 
-def test_torch_backend_sees_a_bigger_model_as_slower():
-    backend = get_backend("torch", device="cpu", max_seconds=0.5)
-    assert backend.measure(big_net(), (3, 32, 32)).median_ms > 3 * backend.measure(small_net(), (3, 32, 32)).median_ms
+def test_torch_backend_times_the_module_of_an_exported_model_in_fp32(tmp_path):
+    exported = ExportedModel(small_net(), (3, 8, 8), tmp_path)
+    stats = get_backend("torch", device="cpu", threads=1, max_seconds=0.1).measure(exported, (3, 8, 8), batch_size=2)
+    assert stats.backend == "torch" and stats.batch_size == 2 and stats.precision == "fp32"
+    assert {p.name for p in tmp_path.iterdir()} == {"model.onnx"}, "the torch backend converts no ONNX"
 
 
 @pytest.mark.parametrize("precision", ["int8"] + ([] if HAS_GPU else ["fp16"]))

@@ -14,7 +14,8 @@ from evaluators.onnx_export import export_onnx
 from search.cli import main
 from search.config import load_config
 from search.errors import UsageError
-from search.runner import check_backend, run_study
+from search.executors.inprocess import run_study
+from search.study import check_backend
 
 
 def small_net() -> nn.Module:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch.nn as nn
 
-from evaluators.latency import BackendUnavailable, get_backend, resolve_backend_name
+from evaluators.exported import ExportedModel
+from evaluators.latency import AVAILABILITY, UnsupportedRequest, get_backend, resolve_backend_name
 from evaluators.onnx_export import export_onnx
+from registry import UnknownName
 
 
 def small_net() -> nn.Module:
@@ -29,17 +31,30 @@ def test_measure_onnx_file(tmp_path):
     assert stats.median_ms > 0
 
 
-def test_bigger_model_is_slower():
-    backend = get_backend("onnxruntime", max_seconds=0.5)
-    small = backend.measure(small_net(), (3, 32, 32)).median_ms
-    big = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 64, 64, 3, padding=1) for i in range(4)])
-    assert backend.measure(big, (3, 32, 32)).median_ms > 3 * small
+def test_an_exported_model_is_timed_from_its_own_files_at_each_precision(tmp_path):
+    exported = ExportedModel(small_net(), (3, 16, 16), tmp_path)
+    backend = get_backend("onnxruntime", max_seconds=0.1)
+    for precision in ("fp32", "fp16", "int8"):
+        stats = backend.measure(exported, (3, 16, 16), precision, batch_size=4)
+        assert stats.precision == precision and stats.batch_size == 4 and stats.median_ms > 0
+    made = {p.name for p in tmp_path.iterdir()}
+    assert made == {"model.onnx", "model.batch4.onnx", "model.fp16.onnx", "model.fp16.batch4.onnx",
+                    "model.int8.onnx", "model.int8.batch4.onnx"}
+    backend.measure(exported, (3, 16, 16), "int8", batch_size=4)
+    assert {p.name for p in tmp_path.iterdir()} == made, "a second measurement converts nothing again"
 
 
-def test_auto_resolves_to_an_available_backend():
-    assert resolve_backend_name("auto") in ("onnxruntime", "tensorrt")
+def test_a_measurement_that_does_not_fit_the_onnx_input_is_refused(tmp_path):
+    path = export_onnx(small_net(), (3, 16, 16), tmp_path / "m.onnx", batch_size=2)
+    with pytest.raises(UnsupportedRequest, match="does not fit batch 1"):
+        get_backend("onnxruntime", max_seconds=0.1).measure(path, (3, 16, 16))
 
 
-def test_unknown_backend_is_refused():
-    with pytest.raises(BackendUnavailable, match="unknown latency backend"):
+def test_auto_resolves_to_tensorrt_only_where_it_can_run():
+    expected = "tensorrt" if AVAILABILITY["tensorrt"]() is None else "onnxruntime"
+    assert resolve_backend_name("auto") == expected
+
+
+def test_unknown_backend_is_refused_listing_the_known_ones():
+    with pytest.raises(UnknownName, match="unknown latency backend 'warp-drive'; known latency backends: onnxruntime"):
         get_backend("warp-drive")

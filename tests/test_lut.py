@@ -13,11 +13,14 @@ from optuna.trial import TrialState
 
 from evaluators.latency import get_backend
 from evaluators.latency.table import LatencyTable, TableError, fit_correction, unit_key
+from search.budget import BudgetUnreachable, LatencyBudget
 from search.cli import main
 from search.config import load_config
+from search.context import build_space, recipe_data
 from search.errors import UsageError
-from search.lut import BudgetUnreachable, LatencyBudget, enumerate_units, load_table, sample_candidates, unit_module
-from search.runner import build_space, recipe_data, run_study
+from search.executors.inprocess import run_study
+from search.lut import load_table, sample_candidates
+from spaces.blocks.units import enumerate_units, unit_module
 from tests.conftest import tiny_recipe
 
 TINY_SPACE = {
@@ -166,12 +169,12 @@ def test_unreachable_budget_fails_after_a_streak(built, tmp_path):
     _, config, path = built
     space = tiny_space(config)
     budget = LatencyBudget(LatencyTable.load(path), space, 1e-6, str(path), max_streak=1)
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize"])
-    candidate = sample_candidates(space, 1, seed=0)[0]
-    with pytest.raises(optuna.TrialPruned):
-        budget.check(study.ask(), candidate)
+    prediction = budget.predict(sample_candidates(space, 1, seed=0)[0])
+    assert prediction.ms > 1e-6
+    with pytest.raises(optuna.TrialPruned, match="over latency.budget_ms"):
+        budget.enforce(prediction)
     with pytest.raises(BudgetUnreachable, match="raise the budget"):
-        budget.check(study.ask(), candidate)
+        budget.enforce(prediction)
 
 
 def test_budget_without_table_is_a_config_error(tmp_path):

@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import load_config
-from search.runner import run_study
+from search.context import build_context
+from search.executors.inprocess import run_study
 
 
 def test_run_records_attributes_and_resumes(recipe_file, tmp_path, capsys):
@@ -23,8 +24,11 @@ def test_run_records_attributes_and_resumes(recipe_file, tmp_path, capsys):
 
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 3
+    space = build_context(config).space
     for t in done:
-        json.dumps(t.user_attrs["candidate"])
+        candidate = t.user_attrs["candidate"]
+        rebuilt = space.build(json.loads(json.dumps(candidate)))  # the stored JSON alone rebuilds the network
+        assert sum(p.numel() for p in rebuilt.parameters()) == t.user_attrs["params"]
         assert t.values[0] == t.user_attrs["accuracy"]
         assert t.values[1] == t.user_attrs["latency"]["median_ms"]
         lat = t.user_attrs["latency"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from evaluators.data import load_data
 from evaluators.train import TrainSettings, train_model
 from search.cli import main
 from search.config import load_config
-from search.runner import run_study
+from search.errors import ConfigError
+from search.executors.inprocess import run_study
 from spaces.compress.nets import tiny_resnet
 
 HAS_GPU = torch.cuda.is_available()
@@ -25,12 +27,15 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_before_any_trial(recipe_
     assert "train.device=cuda" in err and "set train.device=auto or cpu" in err and "Traceback" not in err
 
 
-def test_the_device_may_change_on_resume(recipe_file):
-    recipe = recipe_file(**{"search.trials": 1})
+def test_the_device_may_change_on_resume_and_the_frozen_recipe_records_it(recipe_file):
+    recipe = recipe_file(**{"search.trials": 1, "train.device": "cpu"})
     assert main(["run", str(recipe), "--no-progress"]) == 0
-    config = load_config(recipe, ["train.device=cpu", "search.trials=2"])
+    config = load_config(recipe, ["train.device=auto", "search.trials=2"])
     study = run_study(config, show_progress=False)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert yaml.safe_load((config.run_dir / "config.yaml").read_text())["train"]["device"] == "auto"
+    with pytest.raises(ConfigError, match="train.epochs"):
+        run_study(load_config(recipe, ["train.epochs=1"]), show_progress=False)
 
 
 @needs_gpu

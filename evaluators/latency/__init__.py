@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evaluators.latency import onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401  (register them)
 from evaluators.latency.base import (
     AVAILABILITY,
     BACKENDS,
@@ -12,7 +13,6 @@ from evaluators.latency.base import (
     UnsupportedRequest,
     register_backend,
 )
-from evaluators.latency import onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401  (register them)
 
 AUTO_ORDER = ("tensorrt", "onnxruntime")
 
@@ -31,14 +31,14 @@ def resolve_backend_name(name: str) -> str:
 
 
 def get_backend(name: str, **options: object) -> LatencyBackend:
-    """Construct a backend by name (`auto` resolved); raises BackendUnavailable saying what is missing."""
+    """Construct a backend by name (`auto` resolved); raises BackendUnavailable saying what is missing, and
+    `registry.UnknownName` for a name no backend is registered under."""
     resolved = resolve_backend_name(name)
-    if resolved not in BACKENDS:
-        raise BackendUnavailable(f"unknown latency backend {name!r}; known: auto, {', '.join(sorted(BACKENDS))}")
+    factory = BACKENDS[resolved]
     why = AVAILABILITY[resolved]()
     if why:
         raise BackendUnavailable(why)
-    return BACKENDS[resolved](**options)
+    return factory(**options)
 
 
 __all__ = [

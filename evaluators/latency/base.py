@@ -11,6 +11,9 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch.nn as nn
 
+from evaluators.exported import ExportedModel
+from registry import Registry
+
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -119,7 +122,8 @@ def cpu_name() -> str:
 
 
 class LatencyBackend(Protocol):
-    """Measures a network (an `nn.Module` or an ONNX file) on one engine and device."""
+    """Measures a network (an `nn.Module`, an ONNX file, or an `ExportedModel` whose files it reuses) on one
+    engine and device."""
 
     name: str
     precisions: tuple[str, ...]
@@ -129,14 +133,14 @@ class LatencyBackend(Protocol):
     def device(self) -> str: ...
 
     def measure(
-        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32",
+        self, model: nn.Module | str | Path | ExportedModel, input_shape: tuple[int, ...], precision: str = "fp32",
         batch_size: int = 1, calibration: Sequence[np.ndarray] | None = None,
     ) -> LatencyStats: ...
 
 
 BackendFactory = Callable[..., LatencyBackend]
-BACKENDS: dict[str, BackendFactory] = {}
-AVAILABILITY: dict[str, Callable[[], str | None]] = {}
+BACKENDS: Registry[BackendFactory] = Registry("latency backend")
+AVAILABILITY: dict[str, Callable[[], str | None]] = {}  # keyed as BACKENDS
 
 
 def register_backend(

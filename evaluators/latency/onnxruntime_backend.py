@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch.nn as nn
 
+from evaluators.exported import ExportedModel
 from evaluators.latency.base import BackendUnavailable, LatencyStats, check_input, cpu_name, register_backend
 from evaluators.latency.timing import cpu_rounds
 from evaluators.onnx_export import export_onnx
@@ -91,23 +92,30 @@ class OnnxRuntimeBackend:
         return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def measure(
-        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32", batch_size: int = 1,
-        calibration: Sequence[np.ndarray] | None = None,
+        self, model: nn.Module | str | Path | ExportedModel, input_shape: tuple[int, ...], precision: str = "fp32",
+        batch_size: int = 1, calibration: Sequence[np.ndarray] | None = None,
     ) -> LatencyStats:
         """Latency of one batch of `input_shape` (C, H, W); a module is exported to ONNX first, and the
-        ONNX converted to `precision` (int8: static quantization on `calibration` batches)."""
+        ONNX converted to `precision` (int8: static quantization on `calibration` batches); an `ExportedModel`
+        gives its own conversion, with the batch fixed."""
         with tempfile.TemporaryDirectory() as tmp:
-            if isinstance(model, nn.Module):
-                onnx_path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", batch_size)
-            else:
-                onnx_path = Path(model)
             t0 = time.perf_counter()
-            if precision != "fp32":
-                onnx_path = convert_precision(onnx_path, Path(tmp) / f"model.{precision}.onnx", precision, calibration)
+            if isinstance(model, ExportedModel):
+                onnx_path = model.fixed(model.at(precision, calibration), batch_size)
+            else:
+                if isinstance(model, nn.Module):
+                    onnx_path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", batch_size)
+                    t0 = time.perf_counter()
+                else:
+                    onnx_path = Path(model)
+                if precision != "fp32":
+                    onnx_path = convert_precision(onnx_path, Path(tmp) / f"model.{precision}.onnx", precision,
+                                                  calibration)
             sess = self.session(onnx_path)
             build_seconds = time.perf_counter() - t0
             inp = sess.get_inputs()[0]
-            check_input(model if not isinstance(model, nn.Module) else onnx_path, inp.shape, input_shape, batch_size)
+            check_input(onnx_path if isinstance(model, (nn.Module, ExportedModel)) else model, inp.shape,
+                        input_shape, batch_size)
             x = np.random.default_rng(0).standard_normal((batch_size, *input_shape))
             feed = {inp.name: x.astype(_NUMPY_TYPES.get(inp.type, np.float32))}
             timings = cpu_rounds(

@@ -24,12 +24,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from evaluators.exported import ExportedModel
 from evaluators.latency.base import (
-    BackendUnavailable, LatencyStats, UnsupportedRequest, check_input, onnx_input_dims, register_backend,
+    BackendUnavailable,
+    LatencyStats,
+    UnsupportedRequest,
+    check_input,
+    onnx_input_dims,
+    register_backend,
 )
 from evaluators.latency.timing import Timings, cuda_event_times
 from evaluators.onnx_export import export_onnx, file_sha256
-from evaluators.precision import PrecisionError, convert_precision, quantize_int8
+from evaluators.precision import convert_precision
 
 INSTALL_HINT = "pip install --extra-index-url https://pypi.nvidia.com tensorrt"
 
@@ -54,10 +60,7 @@ def _unavailable() -> str | None:
 
 def quantize_int8_symmetric(src: Path, dst: Path, calibration: Sequence[np.ndarray] | None) -> Path:
     """Static int8 Q/DQ in the form TensorRT executes (signed, zero point 0, per-channel weights, float biases)."""
-    try:
-        return quantize_int8(src, dst, calibration, symmetric=True)
-    except Exception as exc:
-        raise PrecisionError(f"int8 Q/DQ quantization for TensorRT failed: {type(exc).__name__}: {exc}") from exc
+    return convert_precision(src, dst, "int8", calibration, symmetric=True)
 
 
 def _slug(text: str) -> str:
@@ -119,25 +122,29 @@ class TensorRTBackend:
         return f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
 
     def measure(
-        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32", batch_size: int = 1,
-        calibration: Sequence[np.ndarray] | None = None,
+        self, model: nn.Module | str | Path | ExportedModel, input_shape: tuple[int, ...], precision: str = "fp32",
+        batch_size: int = 1, calibration: Sequence[np.ndarray] | None = None,
     ) -> LatencyStats:
-        """Latency of one batch of `input_shape` (C, H, W): export (for a module), convert to `precision`,
-        build or reuse the engine, and time it."""
+        """Latency of one batch of `input_shape` (C, H, W): export (for a module), convert to `precision`
+        (an `ExportedModel` gives its own conversion, with the batch fixed), build or reuse the engine, and
+        time it."""
         if precision not in self.precisions:
             raise UnsupportedRequest(f"unknown precision {precision!r}; expected one of {', '.join(self.precisions)}")
         shape = (batch_size, *input_shape)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            if isinstance(model, nn.Module):
-                onnx_path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", batch_size)
+            if isinstance(model, ExportedModel):
+                onnx_path = model.fixed(model.at(precision, calibration, symmetric=True), batch_size)
             else:
-                onnx_path = Path(model)
-                check_input(onnx_path, onnx_input_dims(onnx_path), input_shape, batch_size)
-            if precision == "int8":
-                onnx_path = quantize_int8_symmetric(onnx_path, Path(tmp) / "model.int8.onnx", calibration)
-            elif precision == "fp16":
-                onnx_path = convert_precision(onnx_path, Path(tmp) / "model.fp16.onnx", "fp16")
+                if isinstance(model, nn.Module):
+                    onnx_path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", batch_size)
+                else:
+                    onnx_path = Path(model)
+                    check_input(onnx_path, onnx_input_dims(onnx_path), input_shape, batch_size)
+                if precision == "int8":
+                    onnx_path = quantize_int8_symmetric(onnx_path, Path(tmp) / "model.int8.onnx", calibration)
+                elif precision == "fp16":
+                    onnx_path = convert_precision(onnx_path, Path(tmp) / "model.fp16.onnx", "fp16")
             plan, cached = self.engine_plan(onnx_path, precision, shape)
             build_seconds = 0.0 if cached else time.perf_counter() - t0
         engine = self._runtime.deserialize_cuda_engine(plan)

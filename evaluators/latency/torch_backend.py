@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from evaluators.exported import ExportedModel
 from evaluators.latency.base import LatencyStats, UnsupportedRequest, cpu_name, register_backend
 from evaluators.latency.timing import cpu_rounds, cuda_event_times
 
@@ -66,10 +67,13 @@ class TorchBackend:
         return f"cpu: {cpu_name()} ({self.threads} thread{'s' if self.threads > 1 else ''})"
 
     def measure(
-        self, model: nn.Module | str | Path, input_shape: tuple[int, ...], precision: str = "fp32", batch_size: int = 1,
-        calibration: Sequence[np.ndarray] | None = None,
+        self, model: nn.Module | str | Path | ExportedModel, input_shape: tuple[int, ...], precision: str = "fp32",
+        batch_size: int = 1, calibration: Sequence[np.ndarray] | None = None,
     ) -> LatencyStats:
-        """Latency of one batch of `input_shape` (C, H, W) through a copy of `model` in eval mode."""
+        """Latency of one batch of `input_shape` (C, H, W) through a copy of `model` (an `ExportedModel`'s
+        module) in eval mode."""
+        if isinstance(model, ExportedModel):
+            model = model.module
         if not isinstance(model, nn.Module):
             raise UnsupportedRequest(
                 f"the torch backend times nn.Modules, not ONNX files ({model}); use --backend onnxruntime or tensorrt"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from search.commands.common import console
 from search.errors import UsageError
-from search.export import PICKS, choose_trial, export_trial
+from search.export import export_trial
+from search.picks import PICKS, choose_trial
 from search.study import open_study
 
 

@@ -15,10 +15,11 @@ from evaluators.onnx_export import ExportError
 from evaluators.precision import PrecisionError
 from search.commands.common import console
 from search.config import LatencyConfig, StudyConfig, load_config
+from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
-from search.executors.lock import MachineLock
+from search.locks import MachineLock
 from search.lut import sample_candidates
-from search.runner import build_space, make_backend, recipe_data
+from search.record import TrialRecord
 from search.study import open_study
 from spaces import get_space
 
@@ -111,22 +112,21 @@ def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[t
             raise UsageError(f"--input-shape {args.input_shape}: a recipe's networks take square images (H = W)")
         space = get_space(config.space.type)(config.space, in_channels=shape[0], num_classes=args.num_classes,
                                              image_size=shape[1])
-    describe = getattr(space, "describe", None)
     if args.trial is not None:
         _, study = open_study(config.run_dir)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        if args.trial not in trials or "candidate" not in trials[args.trial].user_attrs:
+        candidate = TrialRecord.of(trials[args.trial]).candidate if args.trial in trials else None
+        if candidate is None:
             raise UsageError(f"{config.run_dir}: no trial {args.trial} with a candidate")
-        candidate = trials[args.trial].user_attrs["candidate"]
         if args.input_shape:
             candidate = {**candidate, "in_channels": shape[0]}
-        label = f"trial {args.trial}: {describe(candidate) if describe else candidate}"
+        label = f"trial {args.trial}: {space.describe(candidate)}"
         return [(label, space.build(candidate))], shape
     if args.candidates < 1:
         raise UsageError(f"--candidates {args.candidates}: expected at least 1")
     models = []
     for i, candidate in enumerate(sample_candidates(space, args.candidates, args.seed)):
-        label = f"seed {args.seed + i}: {describe(candidate) if describe else candidate}"
+        label = f"seed {args.seed + i}: {space.describe(candidate)}"
         models.append((label, space.build(candidate)))
     return models, shape
 

@@ -12,9 +12,9 @@ from rich.table import Table
 from evaluators.latency import LatencyBackend
 from search.commands.common import add_recipe_args, console, recipe_from_args
 from search.config import StudyConfig
+from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
 from search.lut import build_table, check_table, load_table, require_units
-from search.runner import build_space, make_backend, recipe_data
 from spaces import Space
 
 TABLE_FILE = "latency_table.json"

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from search.commands.common import console
-from search.pareto import default_reference, front, hypervolume, trials_frame, write_reports
+from search.front import hypervolume
+from search.pareto import default_reference, front, trials_frame, write_reports
 from search.report import trials_table
 from search.study import open_study
 from spaces import get_space
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def show_front(run_dir: Path) -> None:
     """Print the front and write the reports next to the study."""
     config, study = open_study(run_dir)
-    df = trials_frame(study, getattr(get_space(config.space.type), "describe", None))
+    df = trials_frame(study, get_space(config.space.type).describe)
     if df.empty or not (df["state"] == "COMPLETE").any():
         console.print(f"{run_dir}: no completed trials yet")
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from search.commands.common import add_budget_args, console
 from search.commands.pareto import show_front
-from search.runner import run_study
+from search.executors.inprocess import run_study
 from search.study import load_run_config
 
 

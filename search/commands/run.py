@@ -7,8 +7,8 @@ import argparse
 from search.commands.common import add_budget_args, add_recipe_args, console, positive, recipe_from_args
 from search.commands.pareto import show_front
 from search.errors import UsageError
+from search.executors.inprocess import run_study
 from search.executors.local import run_workers
-from search.runner import run_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from search.commands.common import console
-from search.pareto import default_reference, hypervolume, trials_frame
+from search.front import hypervolume
+from search.pareto import default_reference, trials_frame
 from search.report import print_summary, trials_table
 from search.study import open_study
 from spaces import get_space
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch status`; returns the exit code."""
     config, study = open_study(args.run_dir)
-    df = trials_frame(study, getattr(get_space(config.space.type), "describe", None))
+    df = trials_frame(study, get_space(config.space.type).describe)
     if df.empty:
         console.print(f"{args.run_dir}: no trials yet")
         return 0

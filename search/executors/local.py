@@ -1,6 +1,6 @@
 """Several worker processes on one machine, sharing the study's storage (`slimsearch run --workers N`).
 
-Each worker is a fresh (spawned) process that runs the one-process loop, `search.runner.run_study`: it
+Each worker is a fresh (spawned) process that runs the one-process loop, `search.executors.inprocess.run_study`: it
 asks the shared study for trials until the study holds the requested number of COMPLETE trials, so
 the total is respected to within one trial per worker. The parent process creates the study and
 recovers the trials of dead workers first (so workers neither race to create it nor wait on each
@@ -17,11 +17,10 @@ from optuna.trial import TrialState
 
 from search.config import StudyConfig, validate_config
 from search.errors import UsageError
-from search.executors.lock import record_protocol
+from search.executors.inprocess import run_study
+from search.locks import record_protocol
 from search.progress import StudyProgress
-from search.recovery import recover_stale_trials
-from search.runner import completed, run_study
-from search.study import create_or_load_study, frozen_recipe
+from search.study import completed, open_for_run
 from spaces import get_space
 
 POLL_SECONDS = 1.0
@@ -59,10 +58,7 @@ def run_workers(
         raise UsageError(f"--workers: expected a positive number of processes, got {workers}")
     target = trials or config.search.trials
     timeout = timeout or config.search.timeout
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with frozen_recipe(config):
-        study = create_or_load_study(config)
-    recover_stale_trials(study)
+    study = open_for_run(config)
     record_protocol(study, "local", workers)
     done = completed(study)
     if done >= target:
@@ -72,8 +68,7 @@ def run_workers(
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_worker, recipe, target, timeout, workers) for _ in range(workers)]
         if show_progress:
-            describe = getattr(get_space(config.space.type), "describe", None)
-            with StudyProgress(target, done, describe) as bar:
+            with StudyProgress(target, done, get_space(config.space.type).describe) as bar:
                 _wait(futures, StorageFollower(study, bar))
         else:
             _wait(futures, None)

@@ -26,15 +26,22 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.artifacts import PruneArtifacts, artifact_store
 from search.config import StudyConfig, validate_config
+from search.context import build_context, build_space, recipe_data
 from search.errors import UsageError
-from search.executors.lock import record_protocol
 from search.executors.ray_searcher import PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
+from search.locks import record_protocol
 from search.objective import Objective
 from search.progress import StudyProgress
-from search.recovery import recover_stale_trials
-from search.runner import build_context, build_space, check_backend, completed, recipe_data
+from search.record import TrialRecord
 from search.study import (
-    DIRECTIONS, OBJECTIVES, create_or_load_study, enqueue_anchors, frozen_recipe, make_sampler, make_storage,
+    DIRECTIONS,
+    OBJECTIVES,
+    check_backend,
+    completed,
+    enqueue_anchors,
+    make_sampler,
+    make_storage,
+    open_for_run,
     storage_url,
 )
 from search.suggest import OptunaSuggest
@@ -71,12 +78,12 @@ def evaluate(config: dict, recipe: dict, threads: int) -> dict[str, object]:
     try:
         if key not in _OBJECTIVES:
             ctx = build_context(study_config)
-            _OBJECTIVES[key] = Objective(study_config, ctx.space, ctx.data, ctx.backend)
+            _OBJECTIVES[key] = Objective(ctx)
         objective = _OBJECTIVES[key]
         check_backend(study, objective.backend, study_config.latency.precision)
     except Exception as exc:  # this node cannot evaluate the study (data, backend): say why on the trial
         reason = str(exc) if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr("error", reason)
+        TrialRecord().save(trial, error=reason)
         return {"error": reason}
     torch.set_num_threads(threads)
     try:
@@ -102,10 +109,7 @@ def run_ray(
     target = trials or config.search.trials
     timeout = timeout or config.search.timeout
     max_consecutive_failures = max_consecutive_failures or config.search.max_consecutive_failures
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with frozen_recipe(config):
-        study = create_or_load_study(config)
-    recover_stale_trials(study)
+    study = open_for_run(config)
     if completed(study) >= target:
         return study
     started = not ray.is_initialized()
@@ -172,8 +176,7 @@ def _tune(
         mode=["max" if d == "maximize" else "min" for d in DIRECTIONS],
         sampler=make_sampler(config), storage=storage, study_name=config.name,
     )
-    describe = getattr(space, "describe", None)
-    progress = StudyProgress(target, completed(study), describe) if show_progress else None
+    progress = StudyProgress(target, completed(study), space.describe) if show_progress else None
     callbacks = [PruneArtifacts(artifact_store(config.run_dir)), *([progress] if progress else [])]
     searcher = StudySearcher(optuna_search, study, storage, target, timeout, max_consecutive_failures, callbacks)
     run_dir = config.run_dir.resolve()
@@ -201,6 +204,6 @@ def _tune(
         last = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))[-1]
         raise UsageError(
             f"stopped after {max_consecutive_failures} failed trials in a row (search.max_consecutive_failures); "
-            f"the last error was: {last.user_attrs.get('error', 'unknown')}. Fix the recipe and resume."
+            f"the last error was: {TrialRecord.of(last).error or 'unknown'}. Fix the recipe and resume."
         )
     return study

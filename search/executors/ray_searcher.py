@@ -27,9 +27,9 @@ from optuna.trial import FrozenTrial
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search.record import TrialRecord
 from search.recovery import fail_dead_trials
-from search.runner import completed
-from search.study import OBJECTIVES
+from search.study import OBJECTIVES, completed
 
 TRIAL_ID = "optuna_trial_id"
 TRIAL_NUMBER = "optuna_trial_number"
@@ -96,8 +96,8 @@ class StudySearcher(Searcher):
         elif pruned:
             self.searcher.on_trial_complete(trial_id, result=None, error=False)
         else:
-            if "error" not in self.storage.get_trial(optuna_id).user_attrs:
-                self.storage.set_trial_user_attr(optuna_id, "error", "the Ray worker ended without a result")
+            if TrialRecord.of(self.storage.get_trial(optuna_id)).error is None:
+                TrialRecord.save_to(self.storage, optuna_id, error="the Ray worker ended without a result")
             self.searcher.on_trial_complete(trial_id, result=None, error=True)
         self.failure_streak = 0 if scored or pruned else self.failure_streak + 1
         if self.failure_streak >= self.max_consecutive_failures:
@@ -153,6 +153,6 @@ class StudySearcher(Searcher):
         for optuna_id in left.values():
             frozen = self.storage.get_trial(optuna_id)
             if not frozen.state.is_finished():
-                self.storage.set_trial_user_attr(optuna_id, "error", reason)
+                TrialRecord.save_to(self.storage, optuna_id, error=reason)
                 self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
         return len(left)

@@ -8,9 +8,10 @@ from typing import Any, Callable, ClassVar
 
 import torch.nn as nn
 
+from registry import Registry
 from spaces.layers import ConvBNAct
 
-BLOCKS: dict[str, type["Block"]] = {}
+BLOCKS: Registry[type["Block"]] = Registry("block")
 
 
 class Block(nn.Module):

@@ -8,19 +8,7 @@ import torch
 import torch.nn as nn
 
 from spaces.blocks.base import Block, projection, register_block
-from spaces.layers import ConvBNAct, make_divisible
-
-
-class ChannelShuffle(nn.Module):
-    """Interleave the channels of `groups` groups, so the next group conv sees every group (reshape, transpose)."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        return x.view(n, self.groups, -1, h, w).transpose(1, 2).reshape(n, -1, h, w)
+from spaces.layers import ChannelShuffle, ConvBNAct, make_divisible
 
 
 def shuffle_v1_widths(

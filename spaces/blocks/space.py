@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from registry import UnknownName
 from spaces.blocks.library import BLOCKS
-from spaces.layers import ConvBNAct
-from spaces.registry import Candidate, register_space
+from spaces.blocks.units import at_resolution, enumerate_units, layout, unit_module
+from spaces.registry import Candidate, Space, Unit, register_space
 from spaces.suggest import Suggest
 
 
@@ -60,16 +61,18 @@ class BlocksSpaceConfig(BaseModel):
     @field_validator("blocks")
     @classmethod
     def _known_blocks(cls, value: list[str]) -> list[str]:
-        unknown = [b for b in value if b not in BLOCKS]
-        if unknown:
-            raise ValueError(f"unknown block(s) {unknown}; known blocks: {sorted(BLOCKS)}")
+        for block in value:
+            try:
+                BLOCKS[block]
+            except UnknownName as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
     def _known_options(self) -> "BlocksSpaceConfig":
         for block, opts in self.options.items():
             if block not in BLOCKS:
-                raise ValueError(f"options given for unknown block {block!r}; known blocks: {sorted(BLOCKS)}")
+                raise ValueError(f"options given for {UnknownName('block', block, sorted(BLOCKS))}")
             unknown = set(opts) - set(BLOCKS[block].option_names())
             if unknown:
                 raise ValueError(
@@ -94,36 +97,26 @@ class BlocksSpaceConfig(BaseModel):
 
 
 class BlockNet(nn.Module):
-    """A network assembled from a `blocks` candidate: features (stem + stages + head) and a classifier."""
+    """A network assembled from a `blocks` candidate: features (stem, blocks, head: the units of
+    `spaces.blocks.units.layout` before the classifier), global average pooling and a linear classifier."""
 
     def __init__(self, candidate: Candidate) -> None:
         super().__init__()
-        in_ch = candidate["in_channels"]
-        stem = candidate["stem"]
-        layers: list[nn.Module] = [ConvBNAct(in_ch, stem["width"], 3, stem["stride"])]
-        ch = stem["width"]
-        for stage in candidate["stages"]:
-            block_cls = BLOCKS[stage["block"]]
-            for i in range(stage["depth"]):
-                stride = stage["stride"] if i == 0 else 1
-                layers.append(block_cls(ch, stage["width"], stride, **stage["options"]))
-                ch = stage["width"]
-        if candidate["head_width"]:
-            layers.append(ConvBNAct(ch, candidate["head_width"], 1))
-            ch = candidate["head_width"]
-        self.features = nn.Sequential(*layers)
+        *body, classifier = layout(candidate)
+        self.features = nn.Sequential(*(unit_module(u) for u in body))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(ch, candidate["num_classes"])
+        self.classifier = nn.Linear(classifier["in_channels"], classifier["out_channels"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
 @register_space("blocks")
-class BlocksSpace:
+class BlocksSpace(Space):
     """NAS-style macro space: per stage, which block, how wide, how deep, and the block's options."""
 
     Config = BlocksSpaceConfig
+    lists_units = True
 
     def __init__(self, config: BlocksSpaceConfig, *, in_channels: int, num_classes: int, image_size: int) -> None:
         self.config = config
@@ -178,30 +171,19 @@ class BlocksSpace:
             parts.append(f"{st['block']}×{st['depth']} w{st['width']} {opts}".strip())
         return " | ".join(parts)
 
-    def units(self, candidate: Candidate) -> list[dict[str, Any]]:
-        """The network's units in order — stem, every block, head, classifier — each with its block name,
-        channels, stride, options and input / output resolution: what a latency table is keyed by."""
-        res = self.image_size
-        out: list[dict[str, Any]] = []
+    def units(self, candidate: Candidate) -> list[Unit]:
+        """The network's units in order — stem, every block, head, classifier — with their input and output
+        resolution: what a latency table is keyed by."""
+        return at_resolution(layout(candidate), self.image_size)
 
-        def add(block: str, cin: int, cout: int, stride: int, options: dict[str, Any]) -> None:
-            nonlocal res
-            out_res = 1 if block == "classifier" else (res - 1) // stride + 1
-            out.append({"block": block, "in_channels": cin, "out_channels": cout, "stride": stride,
-                        "resolution": res, "out_resolution": out_res, "options": dict(options)})
-            res = out_res
+    def all_units(self) -> Iterator[Unit]:
+        """Every unit the space can produce (see `spaces.blocks.units.enumerate_units`)."""
+        return enumerate_units(self)
 
-        ch = candidate["stem"]["width"]
-        add("stem", candidate["in_channels"], ch, candidate["stem"]["stride"], {"kernel_size": 3})
-        for stage in candidate["stages"]:
-            for i in range(stage["depth"]):
-                add(stage["block"], ch, stage["width"], stage["stride"] if i == 0 else 1, stage["options"])
-                ch = stage["width"]
-        if candidate["head_width"]:
-            add("head", ch, candidate["head_width"], 1, {"kernel_size": 1})
-            ch = candidate["head_width"]
-        add("classifier", ch, candidate["num_classes"], 1, {})
-        return out
+    @staticmethod
+    def unit_module(unit: Unit) -> nn.Module:
+        """The module a unit stands for, as `BlockNet` builds it."""
+        return unit_module(unit)
 
     def build(self, candidate: Candidate) -> nn.Module:
         """Rebuild the network a candidate describes; equal candidates give equal architectures."""

@@ -21,7 +21,8 @@ from torch_pruning.pruner import function
 
 from spaces.compress.errors import CompressError
 from spaces.compress.importance import Scorer
-from spaces.compress.shuffle import ChannelShuffle, shuffles_as_gather
+from spaces.compress.shuffle import shuffles_as_gather
+from spaces.layers import ChannelShuffle
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 _KNOWN_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,

@@ -17,27 +17,10 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from spaces.layers import ChannelShuffle
+
 _VIEWS = {"view", "reshape"}
 _TRANSPOSES = {"transpose", "permute"}
-
-
-class ChannelShuffle(nn.Module):
-    """Interleave `groups` equal channel groups: (N, g·c, H, W) → view (N, g, c, H, W) → swap → (N, c·g, H, W)."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-        self.as_gather = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        if self.as_gather:
-            order = torch.arange(c, device=x.device).view(self.groups, c // self.groups).t().reshape(-1)
-            return x.index_select(1, order)
-        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}"
 
 
 @contextmanager

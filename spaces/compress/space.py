@@ -19,7 +19,7 @@ from spaces.compress.compress import compress, factorizable_layers, prunable_gro
 from spaces.compress.errors import CompressError
 from spaces.compress.lowrank import factorized_params, rank_for
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
-from spaces.registry import Candidate, register_space
+from spaces.registry import Candidate, Space, register_space
 from spaces.suggest import Suggest
 
 
@@ -83,7 +83,7 @@ def _round(value: float) -> float:
 
 
 @register_space("compress")
-class CompressSpace:
+class CompressSpace(Space):
     """Compression policies for one trained base network: pruning, low-rank factorization and precision."""
 
     Config = CompressSpaceConfig
@@ -117,6 +117,11 @@ class CompressSpace:
         }
         self.groups = prunable_groups(self.base, self.example_input, config.exclude)
         self.rank_layers = self._rank_layers() if config.rank else {}
+
+    @property
+    def teacher(self) -> nn.Module:
+        """Candidates distil from the base they were cut from."""
+        return self.base
 
     def _rank_layers(self) -> dict[str, str]:
         """Factorizable layers that would save parameters at the lowest rank ratio searched → their stage."""

@@ -1,5 +1,6 @@
 """The base network of a compression study: built by name, trained once (cached in the run directory) or
-loaded from a checkpoint, and measured once (accuracy, cost, latency) into the study's `base` attribute."""
+loaded from a checkpoint, and measured once (accuracy, cost, latency) into the study's `base` attribute.
+The compression scoring prepares it for the space and compares every candidate with it."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from evaluators.latency import LatencyBackend
 from evaluators.train import TrainSettings, evaluate, train_model
 from search.config import StudyConfig
 from search.errors import UsageError
-from search.study import locked
+from search.locks import locked
 from spaces.compress import CompressError, build_model, load_checkpoint, prunable_groups
 
 BASE_FILE = "base.pt"
-CALIBRATION_IMAGES = 64
+TAYLOR_IMAGES = 64  # the labelled batch Taylor importance takes its gradients on
 
 
 @dataclass
@@ -33,11 +34,6 @@ class PreparedBase:
     model: nn.Module
     checkpoint: Path
     calibration: tuple[torch.Tensor, torch.Tensor]
-
-
-def has_base(config: StudyConfig) -> bool:
-    """Whether the recipe's space compresses a base network."""
-    return getattr(config.space, "base", None) is not None
 
 
 def _provenance(config: StudyConfig, data: DataBundle) -> dict[str, Any]:
@@ -80,7 +76,7 @@ def _train_or_load(config: StudyConfig, data: DataBundle, model: nn.Module) -> P
 
 
 def calibration_batch(
-    data: DataBundle, seed: int, images: int = CALIBRATION_IMAGES
+    data: DataBundle, seed: int, images: int = TAYLOR_IMAGES
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, normalized, labelled batch of training images (Taylor importance needs gradients)."""
     return next(data.train.subset(images, seed).batches(images))
@@ -105,14 +101,6 @@ def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
     except CompressError as exc:
         raise UsageError(f"space.base: {exc}") from None
     return PreparedBase(model.eval(), path, calibration_batch(data, config.seed))
-
-
-def space_inputs(config: StudyConfig, data: DataBundle) -> dict[str, Any]:
-    """Extra constructor arguments of the recipe's space: the prepared base for a compression space."""
-    if not has_base(config):
-        return {}
-    base = prepare_base(config, data)
-    return {"base": base.model, "checkpoint": base.checkpoint, "calibration": base.calibration}
 
 
 def measure_base(

@@ -1,4 +1,5 @@
-"""A per-machine lock that keeps latency measurements quiet while trials run in parallel.
+"""Locks: one per machine that keeps latency measurements quiet while trials run in parallel, and lock files
+for what the processes of one study must do once.
 
 Timing a model while another process fine-tunes on the same cores measures the contention, not the
 model. So on one machine a latency measurement holds the lock alone (no other measurement and no
@@ -32,6 +33,14 @@ def flock(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file, held for the block, for what the processes of one study must do once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with flock(path):
+        yield
 
 
 class MachineLock:

@@ -1,0 +1,78 @@
+"""Scoring of compressed candidates: the base network prepared once, adaptive BN before each fine-tune (which is
+distilled from the base), accuracy and latency at the candidate's own precision, and every number set against
+the study's base."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch.nn as nn
+
+from evaluators.cost import Cost
+from evaluators.data import DataBundle
+from evaluators.train import evaluate, placed, recalibrate_bn
+from search.config import StudyConfig
+from search.errors import UsageError
+from search.scoring.base_network import prepare_base, recorded_base
+from search.scoring.scoring import Scoring, register_scoring
+from spaces import Candidate
+
+if TYPE_CHECKING:
+    from search.context import StudyContext
+
+
+def versus_base(base: dict[str, Any], cost: Cost, accuracy: float, latency_ms: float) -> dict[str, float]:
+    """A candidate against the base: parameter compression (×), FLOPs reduction (share), measured speedup (×),
+    accuracy change (points of the [0, 1] scale)."""
+    return {
+        "compression": base["params"] / max(cost.params, 1),
+        "flops_reduction": 1.0 - cost.flops / max(base["flops"], 1),
+        "speedup": base["latency_ms"] / latency_ms if latency_ms > 0 else float("nan"),
+        "accuracy_change": accuracy - base["accuracy"],
+    }
+
+
+@register_scoring("compress")
+class CompressedScoring(Scoring):
+    """A `compress` candidate: cut from the trained base, BatchNorm recalibrated, fine-tuned distilled from the
+    base, scored and timed at its own precision (fp16 / int8: the converted ONNX model in ONNX Runtime)."""
+
+    def __init__(self, ctx: StudyContext) -> None:
+        super().__init__(ctx)
+        backend = ctx.backend
+        unsupported = [p for p in ctx.config.space.precision if p not in backend.precisions]
+        if unsupported:
+            raise UsageError(
+                f"space.precision: the {backend.name} backend on {backend.device()} runs "
+                f"{', '.join(backend.precisions)}, not {', '.join(unsupported)}"
+            )
+        self.base: dict[str, Any] | None = None
+
+    @classmethod
+    def space_inputs(cls, config: StudyConfig, data: DataBundle) -> dict[str, Any]:
+        """The trained base network (from its checkpoint, or trained once in the study) and a labelled batch
+        for the `taylor` importance."""
+        base = prepare_base(config, data)
+        return {"base": base.model, "checkpoint": base.checkpoint, "calibration": base.calibration}
+
+    def attach(self, study: optuna.Study) -> None:
+        """The study's `base` attribute, measured and stored by the first process that needs it."""
+        if self.base is None:
+            space = self.ctx.space
+            self.base = recorded_base(study, self.config, self.data, self.ctx.backend, space.base, space.base_spec)
+
+    def precision(self, candidate: Candidate) -> str:
+        return candidate.get("precision", "fp32")
+
+    accuracy_precision = precision
+
+    def prepare(self, model: nn.Module, seed: int) -> dict[str, float]:
+        """Adaptive BN: BatchNorm statistics re-estimated on training batches; returns the accuracy right after
+        it (`accuracy_adaptive_bn`), before any fine-tune."""
+        with placed(self.settings.device, model):
+            recalibrate_bn(model, self.data.train, self.config.train.bn_batches, self.settings.batch_size, seed)
+            return {"accuracy_adaptive_bn": evaluate(model, self.validation(seed))}
+
+    def versus_base(self, cost: Cost, accuracy: float, latency_ms: float) -> dict[str, float] | None:
+        return None if self.base is None else versus_base(self.base, cost, accuracy, latency_ms)
