@@ -23,9 +23,14 @@ def render_markdown(card: dict[str, Any]) -> str:
     acc, lat, cost, onnx, trt = card["accuracy"], card["latency"], card["cost"], card["onnx"], card["tensorrt"]
     shape = "×".join(str(d) for d in card["input_shape"])
     at = "PyTorch" if acc["precision"] == "fp32" else f"{acc['precision']} in ONNX Runtime"
-    validation = (f"{acc['validation']:.4f} on {acc['validation_images']} images ({at}); the search measured "
-                  f"{acc['search']:.4f}, and the stored weights give the same within ±1 image "
-                  f"({acc['tolerance']:.4f}): {_yes(acc['matches_search'])}")
+    if acc["matches_search"] is None:
+        validation = (f"{acc['validation']:.4f} on {acc['validation_images']} images ({at}) after the whole fine-tune; "
+                      f"the search stopped it at rung {acc['search_rung']} ({acc['search_epochs']:g} epochs) with "
+                      f"{acc['search']:.4f}")
+    else:
+        validation = (f"{acc['validation']:.4f} on {acc['validation_images']} images ({at}); the search measured "
+                      f"{acc['search']:.4f}, and the stored weights give the same within ±1 image "
+                      f"({acc['tolerance']:.4f}): {_yes(acc['matches_search'])}")
     if acc["fine_tune_epochs"]:
         validation += (f"; after {acc['fine_tune_epochs']:g} more epoch(s) of fine-tuning "
                        f"(from {acc['before_fine_tune']:.4f})")

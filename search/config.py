@@ -5,133 +5,15 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from evaluators.data import DATASETS
-from evaluators.latency import BACKENDS
-from evaluators.train import resolve_device
-from registry import Registry, UnknownName
-from search.errors import ConfigError, UsageError
+from registry import UnknownName
+from search.errors import ConfigError
+from search.sections import ConstraintsConfig, DataConfig, LatencyConfig, SearchConfig, Section, TrainConfig
 from spaces import SPACES, get_space
-
-
-def known(registry: Registry[Any], name: str, alternative: str = "") -> None:
-    """A validator's check that `name` is registered: ValueError with the registry's message otherwise."""
-    try:
-        registry[name]
-    except UnknownName as exc:
-        raise ValueError(f"{exc}{' (' + alternative + ')' if alternative else ''}") from None
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(Section):
-    """Recipe section `data:`: which images, at what size, and how many are held out to score candidates."""
-
-    dataset: str = Field("digits", description="digits, or a dataset read from data.root")
-    root: str | None = Field(None, description="local folder for datasets that are not bundled")
-    image_size: int | None = Field(None, ge=4, le=1024, description="resize images to this side (None: native)")
-    val_fraction: float = Field(0.2, gt=0, lt=0.9, description="share of training images held out to score candidates")
-
-    @field_validator("dataset")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        known(DATASETS, value)
-        return value
-
-
-class TrainConfig(Section):
-    """Recipe section `train:`: the quick fine-tune every candidate gets before it is scored."""
-
-    epochs: float = Field(3.0, gt=0, description="fine-tune length in epochs (fractions allowed)")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    max_train_samples: int | None = Field(None, ge=1, description="train on at most this many images per trial")
-    max_eval_samples: int | None = Field(None, ge=1, description="score on at most this many validation images")
-    threads: int = Field(0, ge=0, description="torch threads for training (0: all cores)")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where fine-tunes run: auto is the CUDA GPU where torch sees one, else the CPU"
-    )
-    kd_alpha: float = Field(0.0, ge=0, le=1, description="weight of distillation from the base (compress space)")
-    kd_temperature: float = Field(4.0, gt=0, description="softmax temperature of the distillation loss")
-    bn_batches: int = Field(
-        20, ge=0, description="training batches that recalibrate BatchNorm before a compressed candidate's fine-tune"
-    )
-
-    def resolved_device(self) -> str:
-        """`device` resolved to cpu or cuda; a GPU asked for where there is none is a UsageError."""
-        try:
-            return resolve_device(self.device)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-
-
-class LatencyConfig(Section):
-    """Recipe section `latency:`: the engine, precision and batch that latency is measured with."""
-
-    backend: str = Field("auto", description="auto, onnxruntime, tensorrt or torch")
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    batch_size: int = Field(1, ge=1)
-    threads: int = Field(1, ge=1, description="CPU threads the engine may use")
-    max_seconds: float = Field(3.0, gt=0, description="time cap for the timed rounds of one model")
-    target_cv: float = Field(0.02, gt=0, description="stop timing once round medians vary less than this")
-    cuda_graph: bool = Field(
-        True, description="on a GPU, time replays of a CUDA graph of the forward (false: plain launches)"
-    )
-    table: str | None = Field(None, description="latency table (JSON from `slimsearch lut build`) to predict with")
-    budget_ms: float | None = Field(
-        None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"
-    )
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value != "auto":
-            known(BACKENDS, value, "or auto")
-        return value
-
-    @model_validator(mode="after")
-    def _budget_needs_table(self) -> "LatencyConfig":
-        if self.budget_ms is not None and self.table is None:
-            raise ValueError(
-                "budget_ms needs a latency table to predict with: set latency.table (see `slimsearch lut build`)"
-            )
-        return self
-
-
-class SearchConfig(Section):
-    """Recipe section `search:`: the sampler and the trial budget."""
-
-    sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
-    trials: int = Field(30, ge=1, description="completed trials to reach")
-    timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
-    startup_trials: int = Field(10, ge=0, description="random trials before TPE or GP models the space")
-    population_size: int = Field(16, ge=2, description="NSGA-II population")
-    anchors: int = Field(
-        3, ge=0, description="compress space: uniform policies evaluated first, at this many keep ratios per precision"
-    )
-    max_consecutive_failures: int = Field(5, ge=1, description="stop the study after this many failed trials in a row")
-    heartbeat_interval: int = Field(
-        10, ge=1, description="seconds between a running trial's heartbeats; a trial silent for 3 intervals is retried"
-    )
-
-
-class ConstraintsConfig(Section):
-    """Limits a candidate must meet to be feasible; infeasible trials are never on the front."""
-
-    latency_ms: float | None = Field(None, gt=0, description="maximum median latency in milliseconds")
-    params: int | None = Field(None, ge=1, description="maximum number of parameters")
-    accuracy: float | None = Field(None, ge=0, le=1, description="minimum validation accuracy")
 
 
 class StudyConfig(Section):
@@ -147,6 +29,16 @@ class StudyConfig(Section):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+
+    @model_validator(mode="after")
+    def _top_rung_is_the_fine_tune(self) -> "StudyConfig":
+        fidelity = self.search.fidelity
+        if fidelity is not None and fidelity.rungs[-1] != self.train.epochs:
+            raise ValueError(
+                f"search.fidelity.rungs ends at {fidelity.rungs[-1]:g} epochs but train.epochs is "
+                f"{self.train.epochs:g}: the top rung is the whole fine-tune, so make them equal"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

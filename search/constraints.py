@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import optuna
 
-from search.config import ConstraintsConfig
 from search.record import TrialRecord
+from search.sections import ConstraintsConfig
 
 NAMES = ("latency_ms", "params", "accuracy")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from evaluators.data import DataBundle, load_data
 from evaluators.latency import BackendUnavailable, LatencyBackend, UnsupportedRequest, get_backend, resolve_backend_name
-from search.config import LatencyConfig, StudyConfig
+from search.config import StudyConfig
 from search.errors import UsageError
 from search.scoring import SCORINGS
+from search.sections import LatencyConfig
 from spaces import Space, get_space
 from spaces.compress import CompressError
 

@@ -22,11 +22,13 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from evaluators.cost import measure_cost
+from evaluators.data import Split
 from evaluators.exported import ExportedModel
 from evaluators.latency import AVAILABILITY, BACKENDS, BackendUnavailable, get_backend
 from evaluators.onnx_export import OPSET
 from search.artifacts import WEIGHTS, artifact_store, fetch, trial_artifacts
 from search.card import write_card
+from search.checkpoints import root_number
 from search.config import StudyConfig, validate_config
 from search.context import StudyContext, build_context, build_space, recipe_data
 from search.errors import UsageError
@@ -107,6 +109,17 @@ def _onnx_files(exported: ExportedModel, out: Path, scoring: Scoring, candidate:
     return onnx
 
 
+def _top_rung(scoring: Scoring, model: nn.Module, candidate: dict[str, Any], seed: int, val: Split,
+              folder: Path) -> tuple[ExportedModel, float]:
+    """The whole fine-tune of a candidate the search stopped below the top rung, from the model as built: the one a
+    promotion to the top would have continued (the same plan and seed); its export and validation accuracy."""
+    torch.manual_seed(seed)
+    scoring.prepare(model, seed)
+    scoring.fine_tune(model, seed).run_to(scoring.config.train.epochs)
+    exported = ExportedModel(model, scoring.data.input_shape, folder)
+    return exported, scoring.accuracy(model, exported, candidate, val)
+
+
 def export_trial(
     config: StudyConfig, study: optuna.Study, trial: FrozenTrial, out: Path, *, how: str,
     finetune_epochs: float | None = None, say: Callable[[str], None] = print,
@@ -120,14 +133,24 @@ def export_trial(
     scoring.attach(study)
     record = TrialRecord.of(trial)
     candidate = record.candidate
+    seed = config.seed + root_number(trial)
+    torch.manual_seed(seed)  # the initial weights the trial's network was built with
     model = ctx.space.build(candidate)
-    seed = config.seed + trial.number
     val, test = scoring.validation(seed), ctx.data.test
     with tempfile.TemporaryDirectory() as tmp:
-        load_weights(study, trial, config.run_dir, model, Path(tmp))
-        exported = ExportedModel(model, ctx.data.input_shape, Path(tmp) / "search")
-        measured = scoring.accuracy(model, exported, candidate, val)
-        accuracy = _search_match(scoring, record, measured, len(val))
+        if record.at_top:
+            load_weights(study, trial, config.run_dir, model, Path(tmp))
+            exported = ExportedModel(model, ctx.data.input_shape, Path(tmp) / "search")
+            measured = scoring.accuracy(model, exported, candidate, val)
+            accuracy = _search_match(scoring, record, measured, len(val))
+        else:
+            epochs = record.rungs[-1]["epochs"] if record.rungs else 0
+            say(f"trial #{trial.number} stopped at rung {record.rung} ({epochs:g} epochs) of the search; fine-tuning "
+                f"it to the top rung ({config.train.epochs:g} epochs) first, as a promotion would have")
+            exported, measured = _top_rung(scoring, model, candidate, seed, val, Path(tmp) / "top")
+            accuracy = {"search": record.accuracy, "search_rung": record.rung, "search_epochs": epochs,
+                        "validation_images": len(val), "matches_search": None,
+                        "precision": scoring.accuracy_precision(candidate)}
         if finetune_epochs:
             say(f"fine-tuning trial #{trial.number} for {finetune_epochs:g} more epoch(s)")
             scoring.fine_tune(model, seed, finetune_epochs).run_to(finetune_epochs)

@@ -1,5 +1,6 @@
-"""The accuracy / latency Pareto front of a study, defined once: the completed, feasible trials that no other
-such trial dominates. The progress bar, `status`, `pareto`, the artifact store and export all ask here."""
+"""The accuracy / latency Pareto front of a study, defined once: the completed, feasible trials (with multi-fidelity,
+those at the top rung) that no other such trial dominates. The progress bar, `status`, `pareto`, the artifact
+store and export all ask here."""
 
 from __future__ import annotations
 
@@ -36,8 +37,13 @@ def hypervolume(accuracy: Iterable[float], latency: Iterable[float], ref_latency
 
 
 def contenders(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that may be on the front: completed and feasible."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and TrialRecord.of(t).is_feasible]
+    """The trials that may be on the front: completed, feasible, and (multi-fidelity) at the top rung."""
+    out = []
+    for t in trials:
+        record = TrialRecord.of(t) if t.state == TrialState.COMPLETE else None
+        if record is not None and record.is_feasible and record.at_top:
+            out.append(t)
+    return out
 
 
 def front_of(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -66,3 +72,24 @@ def dominated(study: optuna.Study, accuracy: float, latency_ms: float) -> bool:
     acc = np.array([t.values[0] for t in pool] + [accuracy])
     lat = np.array([t.values[1] for t in pool] + [latency_ms])
     return not pareto_mask(acc, lat)[-1]
+
+
+def provisional(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """Multi-fidelity: the candidates below the top rung — stopped there, or still running — whose accuracy at the
+    rung they reached is not dominated by the top-rung front. Where the front may still move, not a result."""
+    trials = list(trials)
+    top = contenders(trials)
+    below = []
+    for t in trials:
+        record = TrialRecord.of(t)
+        if t.state.is_finished() and t.state != TrialState.COMPLETE and t.state != TrialState.PRUNED:
+            continue
+        below_top = record.rungs and record.top_rung is not None and len(record.rungs) <= record.top_rung
+        if below_top and record.is_feasible and record.latency_ms is not None:
+            below.append((t, float(record.rungs[-1]["accuracy"]), record.latency_ms))
+    if not below:
+        return []
+    acc = np.array([t.values[0] for t in top] + [a for _, a, _ in below])
+    lat = np.array([t.values[1] for t in top] + [latency for _, _, latency in below])
+    mask = pareto_mask(acc, lat)[len(top):]
+    return [t for (t, _, _), keep in zip(below, mask) if keep]

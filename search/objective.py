@@ -1,28 +1,38 @@
 """One trial: sample a candidate, build it, count its cost, fine-tune it, score it and time it on the engine.
 
 Every space goes through the same steps; what differs between kinds of space is the study's `Scoring`.
-The model is exported to ONNX once; the accuracy at a lower precision, the latency backend and the artifact
-store all read that export.
+The model is exported to ONNX once after its fine-tune; the accuracy at a lower precision, the latency
+backend and the artifact store all read that export. A multi-fidelity study scores in rungs instead
+(`search.rungs`).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 import optuna
 import torch
+import torch.nn as nn
 
-from evaluators.cost import measure_cost
+from evaluators.cost import Cost, measure_cost
 from evaluators.exported import ExportedModel
+from evaluators.latency import LatencyStats
 from search.artifacts import artifact_store, keep_if_on_front
 from search.budget import LatencyBudget
+from search.checkpoints import root_number
 from search.constraints import apply_constraints
 from search.context import StudyContext
 from search.locks import MachineLock
 from search.record import TrialRecord
 from search.scoring import scoring_for
 from search.suggest import OptunaSuggest
+from spaces import Candidate
+
+
+class Stopped(optuna.TrialPruned):
+    """A multi-fidelity candidate stopped below the top rung, told to the sampler as pruned (`report: top`)."""
 
 
 class Objective:
@@ -43,6 +53,8 @@ class Objective:
         record = TrialRecord()
         try:
             return self._evaluate(trial, record)
+        except Stopped:
+            raise
         except optuna.TrialPruned as exc:
             record.save(trial, error=str(exc))
             raise
@@ -51,12 +63,12 @@ class Objective:
             raise
 
     def _evaluate(self, trial: optuna.Trial, record: TrialRecord) -> tuple[float, float]:
-        cfg, scoring = self.config, self.scoring
-        seed = cfg.seed + trial.number
+        seed = self.config.seed + root_number(trial)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         candidate = self.space.sample(OptunaSuggest(trial))
         record.save(trial, candidate=candidate)
+        torch.manual_seed(seed)  # a network trained from scratch starts from the same weights in any process
         model = self.space.build(candidate)
         seconds["build"] = time.perf_counter() - t0
 
@@ -72,36 +84,58 @@ class Objective:
             self.budget.enforce(prediction)
 
         with tempfile.TemporaryDirectory() as tmp:
-            with self.lock.training() as seconds["train_wait"]:
-                t = time.perf_counter()
-                torch.manual_seed(seed)
-                record.save(trial, **scoring.prepare(model, seed))
-                tune = scoring.fine_tune(model, seed)
-                tune.run_to(cfg.train.epochs)
-                exported = ExportedModel(model, self.ctx.data.input_shape, tmp)
-                record.save(trial, **scoring.score(exported, candidate, tune.accuracy(), scoring.validation(seed)),
-                            train_loss=tune.loss)
-                seconds["train"] = time.perf_counter() - t
-
-            with self.lock.measuring() as seconds["latency_wait"]:
-                t = time.perf_counter()
-                if not self.attached:
-                    scoring.attach(trial.study)
-                    self.attached = True
-                stats = scoring.latency(exported, candidate)
-                seconds["latency"] = time.perf_counter() - t
-            record.save(trial, latency=stats.as_dict())
-            versus = scoring.versus_base(cost, record.accuracy, stats.median_ms)
+            exported, stats = self.score(trial, record, model, candidate, cost, seed, Path(tmp), seconds)
+            versus = self.scoring.versus_base(cost, record.accuracy, stats.median_ms)
             if versus is not None:
                 record.save(trial, vs_base=versus)
-
             t = time.perf_counter()
-            feasible = apply_constraints(trial, record, cfg.constraints, accuracy=record.accuracy,
+            feasible = apply_constraints(trial, record, self.config.constraints, accuracy=record.accuracy,
                                          latency_ms=stats.median_ms, params=cost.params)
-            if feasible:
+            if feasible and record.at_top and exported is not None:
                 keep_if_on_front(trial, exported, record.accuracy, stats.median_ms, self.artifacts)
             seconds["artifacts"] = time.perf_counter() - t
 
         seconds["total"] = time.perf_counter() - t0
-        record.save(trial, seconds=seconds)
+        record.save(trial, seconds={**record.seconds, **seconds})
         return record.accuracy, stats.median_ms
+
+    def score(
+        self, trial: optuna.Trial, record: TrialRecord, model: nn.Module, candidate: Candidate, cost: Cost,
+        seed: int, tmp: Path, seconds: dict[str, float],
+    ) -> tuple[ExportedModel | None, LatencyStats]:
+        """Fine-tune the candidate, score it at its precision and time it; returns its export (None where there is
+        none to keep) and latency."""
+        scoring = self.scoring
+        with self.lock.training() as seconds["train_wait"]:
+            t = time.perf_counter()
+            torch.manual_seed(seed)
+            record.save(trial, **scoring.prepare(model, seed))
+            tune = scoring.fine_tune(model, seed)
+            tune.run_to(self.config.train.epochs)
+            exported = ExportedModel(model, self.ctx.data.input_shape, tmp)
+            record.save(trial, **scoring.score(exported, candidate, tune.accuracy(), scoring.validation(seed)),
+                        train_loss=tune.loss)
+            seconds["train"] = time.perf_counter() - t
+        return exported, self.measure(trial, record, exported, candidate, seconds)
+
+    def measure(self, trial: optuna.Trial, record: TrialRecord, exported: ExportedModel, candidate: Candidate,
+                seconds: dict[str, float]) -> LatencyStats:
+        """Time the export alone on this machine (the first trial of a process also reads the study's base)."""
+        with self.lock.measuring() as seconds["latency_wait"]:
+            t = time.perf_counter()
+            if not self.attached:
+                self.scoring.attach(trial.study)
+                self.attached = True
+            stats = self.scoring.latency(exported, candidate)
+            seconds["latency"] = time.perf_counter() - t
+        record.save(trial, latency=stats.as_dict())
+        return stats
+
+
+def make_objective(ctx: StudyContext) -> Objective:
+    """The study's objective: one fine-tune per candidate, or rungs of them with `search.fidelity`."""
+    if ctx.config.search.fidelity is None:
+        return Objective(ctx)
+    from search.rungs import RungObjective
+
+    return RungObjective(ctx)

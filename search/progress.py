@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from search.front import front_trials
 from search.record import TrialRecord
+from search.study import evaluated
 
 
 class StudyProgress:
@@ -45,12 +46,13 @@ class StudyProgress:
         self.progress.stop()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            acc, lat = trial.values
-            record = TrialRecord.of(trial)
+        record = TrialRecord.of(trial)
+        if evaluated(trial):
             what = self.describe(record.candidate) if self.describe and record.candidate else ""
-            self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {what}", highlight=False)
+            acc, lat = record.accuracy, record.latency_ms
+            rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
+            self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}", highlight=False)
             self.progress.update(self.task, advance=1, front=len(front_trials(study)))
         else:
-            reason = TrialRecord.of(trial).error or trial.state.name
+            reason = record.error or trial.state.name
             self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)

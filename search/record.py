@@ -33,6 +33,10 @@ class TrialRecord:
     vs_base: dict[str, float] | None = None  # compress space: compression, flops_reduction, speedup, accuracy_change
     constraints: dict[str, float] | None = None  # one value per recipe constraint, <= 0 when met
     feasible: bool | None = None  # None: the study has no constraints
+    rungs: list[dict[str, Any]] | None = None  # multi-fidelity: per rung reached, its epochs, accuracy, seconds
+    rung: int | None = None  # multi-fidelity: the rung it reached (0-based)
+    top_rung: int | None = None  # multi-fidelity: the study's top rung
+    stopped: str | None = None  # multi-fidelity: why it went no further than `rung`
     seconds: dict[str, float] = field(default_factory=dict)  # build, cost, train, latency, ..., total
     anchor: bool = False  # a uniform policy queued first (compress space)
     error: str | None = None  # why the trial failed or was pruned
@@ -63,6 +67,11 @@ class TrialRecord:
     def is_feasible(self) -> bool:
         """Whether the trial met the recipe's constraints (trials of unconstrained studies always do)."""
         return self.feasible is not False
+
+    @property
+    def at_top(self) -> bool:
+        """Whether the candidate had the whole fine-tune (always, without multi-fidelity)."""
+        return self.rung is None or self.rung == self.top_rung
 
     @property
     def latency_ms(self) -> float | None:

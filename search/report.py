@@ -37,6 +37,9 @@ def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> T
         table.add_column(col, no_wrap=True, **kw)
     if constrained:
         table.add_column("feasible", justify="center", no_wrap=True)
+    rungs = "top_rung" in df and df["top_rung"].notna().any()
+    if rungs:
+        table.add_column("rung", justify="center", no_wrap=True)
     versus = "speedup" in df and df["speedup"].notna().any()
     if versus:
         table.add_column("speedup", justify="right", no_wrap=True)
@@ -52,6 +55,8 @@ def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> T
         ]
         if constrained:
             row.append({True: "yes", False: "[red]no[/]"}.get(r["feasible"], ""))
+        if rungs:
+            row.append("-" if pd.isna(r["rung"]) else f"{int(r['rung'])}/{int(r['top_rung'])}")
         if versus:
             row += [f"{r[k]:{fmt}}×" if pd.notna(r[k]) else "-" for k, fmt in (("speedup", ".2f"), ("compression", ".1f"))]
         if show_candidate:
@@ -60,8 +65,19 @@ def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> T
     return table
 
 
-def print_summary(console: Console, df: pd.DataFrame, hv: float, ref: float) -> None:
-    """Counts by state and the front's hypervolume."""
+def rung_summary(df: pd.DataFrame, rungs: list[float]) -> str:
+    """Multi-fidelity: how many candidates were scored at each rung (and how many are training towards one)."""
+    parts = []
+    for i, epochs in enumerate(rungs):
+        scored = int((df["scored_rungs"] > i).sum())
+        training = int(((df["state"] == "RUNNING") & (df["rung"] == i) & (df["scored_rungs"] == i)).sum())
+        label = f"rung {i} ({epochs:g} ep{', top' if i == len(rungs) - 1 else ''}): {scored}"
+        parts.append(label + (f" (+{training} training)" if training else ""))
+    return "candidates scored per rung — " + ", ".join(parts)
+
+
+def print_summary(console: Console, df: pd.DataFrame, hv: float, ref: float, rungs: list[float] | None = None) -> None:
+    """Counts by state (and by rung), and the front's hypervolume."""
     counts = df["state"].value_counts().to_dict() if len(df) else {}
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
     n_front = int(df["front"].sum()) if len(df) else 0
@@ -70,3 +86,9 @@ def print_summary(console: Console, df: pd.DataFrame, hv: float, ref: float) -> 
         states += f"; {infeasible} infeasible"
     console.print(f"{len(df)} trials ({states or 'none'}); front: {n_front} trials; "
                   f"hypervolume {hv:.4f} (reference: accuracy 0, latency {ref:.4f} ms)", highlight=False)
+    if rungs:
+        console.print(rung_summary(df, rungs), highlight=False)
+        tentative = df.loc[df["provisional"], "trial"].tolist()
+        if tentative:
+            console.print("provisional (below the top rung, not dominated by the front; not final): "
+                          + ", ".join(f"#{n}" for n in tentative), highlight=False)

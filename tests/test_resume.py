@@ -166,3 +166,20 @@ def test_moved_run_directory_resumes_from_its_own_database(recipe_file, tmp_path
     assert not config.run_dir.exists()
     assert main(["status", str(moved)]) == 0
     assert "2 trials (2 complete)" in capsys.readouterr().out
+
+
+def test_a_resume_goes_on_to_the_budget_of_the_run_it_resumes(recipe_file):
+    recipe = recipe_file(**{"search.trials": 3})
+    assert main(["run", str(recipe), "--trials", "1", "--no-progress"]) == 0
+    run_dir = load_config(recipe).run_dir
+
+    def done() -> int:
+        return len(optuna.load_study(study_name=load_config(recipe).name, storage=storage_url(load_config(recipe)))
+                   .get_trials(states=(TrialState.COMPLETE,)))
+
+    assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    assert done() == 1, "the run asked for 1 trial, not the recipe's 3"
+    assert main(["resume", str(run_dir), "--trials", "2", "--no-progress"]) == 0
+    assert done() == 2
+    assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    assert done() == 2 and yaml.safe_load((run_dir / "config.yaml").read_text())["search"]["trials"] == 2

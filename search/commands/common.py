@@ -25,7 +25,8 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 def add_budget_args(parser: argparse.ArgumentParser) -> None:
     """`--trials`, `--timeout` and `--no-progress`, shared by `run` and `resume`."""
-    parser.add_argument("--trials", type=positive(int), help="completed trials to reach (default: search.trials of the recipe)")
+    parser.add_argument("--trials", type=positive(int),
+                        help="candidates to evaluate (default: the run's own budget, else search.trials of the recipe)")
     parser.add_argument("--timeout", type=positive(float), help="stop starting trials after this many seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 

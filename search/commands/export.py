@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
                         say=lambda m: console.print(m, highlight=False))
     acc, lat, onnx = card["accuracy"], card["latency"], card["onnx"]
     console.print(
-        f"accuracy {acc['validation']:.4f} validation (search: {acc['search']:.4f}), {acc['test']:.4f} test; "
+        f"accuracy {acc['validation']:.4f} validation (search: {acc['search']:.4f}"
+        + (f" at rung {acc['search_rung']}" if acc["matches_search"] is None else "") + f"), {acc['test']:.4f} test; "
         f"{lat['median_ms']:.4f} ms on {lat['backend']} ({lat['precision']}); "
         f"ONNX max abs diff {onnx['max_abs_diff']:.1e}", highlight=False,
     )
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                   highlight=False)
     failed = [what for what, ok in (("ONNX output differs from PyTorch", onnx["matches"]),
                                     ("stored weights do not reproduce the trial's accuracy", acc["matches_search"]))
-              if not ok]
+              if ok is False]
     for what in failed:
         console.print(f"[bold red]check failed:[/] {what} (see card.md)")
     return 1 if failed else 0

@@ -14,12 +14,13 @@ from evaluators.latency.base import onnx_input_dims
 from evaluators.onnx_export import ExportError
 from evaluators.precision import PrecisionError
 from search.commands.common import console
-from search.config import LatencyConfig, StudyConfig, load_config
+from search.config import StudyConfig, load_config
 from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
 from search.locks import MachineLock
 from search.lut import sample_candidates
 from search.record import TrialRecord
+from search.sections import LatencyConfig
 from search.study import open_study
 from spaces import get_space
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from search.commands.common import console
 from search.front import hypervolume
 from search.pareto import default_reference, front, trials_frame, write_reports
-from search.report import trials_table
+from search.report import rung_summary, trials_table
 from search.study import open_study
 from spaces import get_space
 
@@ -36,6 +36,13 @@ def show_front(run_dir: Path) -> None:
         limits = {k: v for k, v in config.constraints.model_dump().items() if v is not None}
         console.print(f"infeasible (off the front; constraints {limits}): "
                       + ", ".join(f"#{n}" for n in infeasible), highlight=False)
+    fidelity = config.search.fidelity
+    if fidelity is not None:
+        console.print(rung_summary(df, fidelity.rungs), highlight=False)
+        tentative = df[df["provisional"]].sort_values("latency_ms")
+        if len(tentative):
+            console.print(trials_table(tentative, "provisional: below the top rung and not dominated by the front "
+                                                  "(accuracy at the rung reached; not final)"))
     paths = write_reports(df, run_dir, f"{config.name}: accuracy vs latency", study.user_attrs.get("base"))
     console.print(f"hypervolume {hv:.4f} (reference latency {ref:.4f} ms); wrote "
                   + ", ".join(str(p) for p in paths.values()), highlight=False)

@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "resume", help="resume the study of a run directory (after a crash, a kill or a timeout)",
         description="Resume a study from the recipe frozen in RUN_DIR/config.yaml: trials left running by a "
-        "stopped process are failed and run again, and the study goes on until it has the requested number "
-        "of completed trials.",
+        "stopped process are failed and run again, and the study goes on to the budget of the run it resumes "
+        "(the last --trials given to run or resume, else the recipe's search.trials), or to --trials.",
     )
     p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
     add_budget_args(p)
@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch resume`; returns the exit code."""
     config = load_run_config(args.run_dir)
+    if args.trials:  # a new budget for the run, frozen in its place
+        config.search.trials = args.trials
     console.print(f"resuming study [bold]{config.name}[/] in {args.run_dir}", highlight=False)
     run_study(config, trials=args.trials, timeout=args.timeout, show_progress=not args.no_progress)
     show_front(args.run_dir)

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `slimsearch run`; returns the exit code."""
     if args.storage:
         args.overrides.append(f"storage={args.storage}")
+    if args.trials:  # the run's budget is frozen with it, so `resume` goes on to the same number
+        args.overrides.append(f"search.trials={args.trials}")
     check_executor_args(args)
     config = recipe_from_args(args)
     console.print(f"study [bold]{config.name}[/] → {config.run_dir}", highlight=False)

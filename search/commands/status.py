@@ -30,5 +30,7 @@ def run(args: argparse.Namespace) -> int:
     ref = default_reference(df)
     fr = df[df["front"]]
     console.print(trials_table(df, f"study {config.name}"))
-    print_summary(console, df, hypervolume(fr["accuracy"], fr["latency_ms"], ref), ref)
+    fidelity = config.search.fidelity
+    print_summary(console, df, hypervolume(fr["accuracy"], fr["latency_ms"], ref), ref,
+                  fidelity.rungs if fidelity else None)
     return 0

@@ -8,7 +8,6 @@ import os
 
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import PruneArtifacts, artifact_store
@@ -16,11 +15,11 @@ from search.config import StudyConfig
 from search.context import build_context
 from search.errors import UsageError
 from search.locks import record_protocol
-from search.objective import Objective
+from search.objective import make_objective
 from search.progress import StudyProgress
 from search.record import TrialRecord
 from search.recovery import recover_stale_trials
-from search.study import check_backend, completed, create_or_load_study, enqueue_anchors, frozen_recipe
+from search.study import StopAtBudget, check_backend, completed, create_or_load_study, enqueue_anchors, frozen_recipe
 
 
 class FailureCap:
@@ -59,10 +58,10 @@ def run_study(
         recover_stale_trials(study)
     enqueue_anchors(study, ctx.space, config, target)
     record_protocol(study, "local", workers)
-    objective = Objective(ctx)
+    objective = make_objective(ctx)
     cap = FailureCap(max_consecutive_failures or config.search.max_consecutive_failures)
     callbacks = [
-        MaxTrialsCallback(target, states=(TrialState.COMPLETE,)), cap, PruneArtifacts(artifact_store(config.run_dir)),
+        StopAtBudget(target), cap, PruneArtifacts(artifact_store(config.run_dir)),
     ]
     done = completed(study)
     if done < target:

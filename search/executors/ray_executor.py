@@ -30,7 +30,7 @@ from search.context import build_context, build_space, recipe_data
 from search.errors import UsageError
 from search.executors.ray_searcher import PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
 from search.locks import record_protocol
-from search.objective import Objective
+from search.objective import Objective, make_objective
 from search.progress import StudyProgress
 from search.record import TrialRecord
 from search.study import (
@@ -78,7 +78,7 @@ def evaluate(config: dict, recipe: dict, threads: int) -> dict[str, object]:
     try:
         if key not in _OBJECTIVES:
             ctx = build_context(study_config)
-            _OBJECTIVES[key] = Objective(ctx)
+            _OBJECTIVES[key] = make_objective(ctx)
         objective = _OBJECTIVES[key]
         check_backend(study, objective.backend, study_config.latency.precision)
     except Exception as exc:  # this node cannot evaluate the study (data, backend): say why on the trial

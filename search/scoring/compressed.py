@@ -67,6 +67,9 @@ class CompressedScoring(Scoring):
 
     accuracy_precision = precision
 
+    def check_rungs(self, rungs: list[float]) -> None:
+        """Any rungs: a first rung of 0 epochs scores the candidate after adaptive BN alone."""
+
     def prepare(self, model: nn.Module, seed: int) -> dict[str, float]:
         """Adaptive BN: BatchNorm statistics re-estimated on training batches; returns the accuracy right after
         it (`accuracy_adaptive_bn`), before any fine-tune."""

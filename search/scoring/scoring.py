@@ -23,6 +23,7 @@ from evaluators.precision import calibration_batches, onnx_accuracy
 from evaluators.train import FineTune, TrainSettings, evaluate
 from registry import Registry
 from search.config import StudyConfig
+from search.errors import UsageError
 from spaces import Candidate
 
 if TYPE_CHECKING:
@@ -76,6 +77,16 @@ class Scoring:
     def prepare(self, model: nn.Module, seed: int) -> dict[str, float]:
         """Make a freshly built model ready to fine-tune; returns what that measured (record fields)."""
         return {}
+
+    def check_rungs(self, rungs: list[float]) -> None:
+        """Refuse multi-fidelity rungs this kind of candidate cannot be scored at: a network trained from its
+        initial weights has no accuracy worth ranking before its fine-tune."""
+        if rungs[0] == 0:
+            raise UsageError(
+                f"search.fidelity.rungs: a first rung of 0 epochs scores a {self.config.space.type} candidate before "
+                "any training, at chance accuracy; start the rungs above 0 (0 is for compressed candidates, "
+                "scored after adaptive BN)"
+            )
 
     def fine_tune(self, model: nn.Module, seed: int, epochs: float | None = None) -> FineTune:
         """A fine-tune of `model` planned for `epochs` (default `train.epochs`), distilled from the space's

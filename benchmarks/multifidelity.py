@@ -1,0 +1,177 @@
+"""Does multi-fidelity search (successive halving on the front) find a better front in the same wall-clock time?
+
+For each seed the same recipe runs as a single-fidelity study (every candidate gets the whole fine-tune) and as
+multi-fidelity studies with `search.fidelity` (rungs, η), once for each way of telling the sampler about
+candidates stopped below the top rung (`reached`: their accuracy at that rung; `top`: pruned). Every study gets
+the same wall-clock budget; only trials that finished inside it count. Reported: the hypervolume of each final
+front (top-rung candidates only) against one reference point shared by all runs of the recipe, candidates
+evaluated per hour, and, from the multi-fidelity studies' own trials, each rung's Spearman rank correlation with
+the top rung over the candidates that reached the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optuna.trial import FrozenTrial  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from benchmarks.results import RESULTS, markdown_table, run_name, shown, variant_name, write_section  # noqa: E402
+from search.config import load_config  # noqa: E402
+from search.executors.inprocess import run_study  # noqa: E402
+from search.front import front_of, hypervolume  # noqa: E402
+from search.record import TrialRecord  # noqa: E402
+from search.study import evaluated, open_study  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("single", "reached", "top")
+
+
+def within(trials: list[FrozenTrial], start: dt.datetime, budget: float) -> list[FrozenTrial]:
+    """The trials that finished inside the budget."""
+    end = start + dt.timedelta(seconds=budget)
+    return [t for t in trials if t.datetime_complete is not None and t.datetime_complete <= end]
+
+
+def run_one(recipe: Path, mode: str, seed: int, args: argparse.Namespace, out: Path) -> list[FrozenTrial]:
+    """One study under the budget; its trials that finished inside it."""
+    fidelity = [] if mode == "single" else [
+        f"search.fidelity={{rungs: [{', '.join(f'{r:g}' for r in args.rungs)}], eta: {args.eta:g}, report: {mode}}}"
+    ]
+    name = f"{run_name(recipe, [*args.overrides, *fidelity])}-{mode}-{seed}"
+    config = load_config(recipe, [*args.overrides, *fidelity, f"name={name}", f"output_dir={out}", f"seed={seed}"])
+    if (config.run_dir / "config.yaml").is_file():
+        _, study = open_study(config.run_dir)
+        if "benchmark_start" in study.user_attrs:  # a finished run of an earlier invocation
+            start = dt.datetime.fromisoformat(study.user_attrs["benchmark_start"])
+            return within(study.get_trials(deepcopy=False), start, args.budget)
+    start = dt.datetime.now()
+    study = run_study(config, trials=1_000_000, timeout=args.budget, show_progress=False)
+    study.set_user_attr("benchmark_start", start.isoformat())
+    print(f"{name}: {sum(evaluated(t) for t in study.trials)} candidates", flush=True)
+    return within(study.get_trials(deepcopy=False), start, args.budget)
+
+
+def front_points(trials: list[FrozenTrial]) -> np.ndarray:
+    """(accuracy, latency) of the final front: top-rung, feasible, non-dominated."""
+    return np.array([t.values for t in front_of(trials)], dtype=float).reshape(-1, 2)
+
+
+def rank_correlations(trials: list[FrozenTrial], rungs: list[float]) -> list[tuple[int, float]]:
+    """Per rung below the top: (candidates that reached the top, Spearman of that rung's accuracy with the top's)."""
+    top = [TrialRecord.of(t).rungs for t in trials if evaluated(t) and TrialRecord.of(t).rung == len(rungs) - 1]
+    top = [r for r in top if r and len(r) == len(rungs)]
+    out = []
+    for rung in range(len(rungs) - 1):
+        if len(top) < 3:
+            out.append((len(top), float("nan")))
+            continue
+        rho = spearmanr([r[rung]["accuracy"] for r in top], [r[-1]["accuracy"] for r in top]).statistic
+        out.append((len(top), float(rho)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "studies/digits_blocks.yaml")
+    parser.add_argument("--rungs", type=float, nargs="+", default=[1, 4],
+                        help="fine-tune epochs per rung; the last must equal the recipe's train.epochs")
+    parser.add_argument("--eta", type=float, default=3)
+    parser.add_argument("--budget", type=float, default=180, help="wall-clock seconds per study")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="keep every study here (default: a temporary folder); finished ones are reused")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 40 s, shorter fine-tunes (digits)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.budget, args.rungs = 2, 40, [0.5, 2]
+        args.overrides.append("train.epochs=2")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or Path(tmp)
+        trials = {(mode, seed): run_one(args.recipe, mode, seed, args, runs)
+                  for seed in range(args.seeds) for mode in args.modes}
+        report(args, trials)
+
+
+def report(args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTrial]]) -> None:
+    """Hypervolume, throughput and rank correlations per mode; table, plot and RESULTS.md section."""
+    fronts = {k: front_points(v) for k, v in trials.items()}
+    every = np.concatenate([f for f in fronts.values() if len(f)])
+    ref_acc, ref_lat = float(every[:, 0].min()), float(every[:, 1].max()) * 1.01
+    box = (1.0 - ref_acc) * ref_lat
+    rows, hv_mean = [], {}
+    for mode in args.modes:
+        hvs = [hypervolume(fronts[(mode, s)][:, 0], fronts[(mode, s)][:, 1], ref_lat, ref_acc) / box
+               for s in range(args.seeds)]
+        per_hour = [sum(evaluated(t) for t in trials[(mode, s)]) * 3600 / args.budget for s in range(args.seeds)]
+        top = [sum(TrialRecord.of(t).at_top and evaluated(t) for t in trials[(mode, s)]) for s in range(args.seeds)]
+        hv_mean[mode] = statistics.fmean(hvs)
+        rows.append({
+            "mode": mode, "HV mean": f"{hv_mean[mode]:.4f}", "HV std": f"{statistics.pstdev(hvs):.4f}",
+            "HV per seed": " ".join(f"{h:.4f}" for h in hvs),
+            "vs single": f"{hv_mean[mode] / hv_mean['single']:.2f}×" if "single" in hv_mean else "",
+            "candidates/h": f"{statistics.fmean(per_hour):.0f}", "at the top rung": " ".join(map(str, top)),
+        })
+        print(rows[-1], flush=True)
+    corr_rows = []
+    for mode in (m for m in args.modes if m != "single"):
+        pooled = [t for s in range(args.seeds) for t in trials[(mode, s)]]
+        for rung, (n, rho) in enumerate(rank_correlations(pooled, args.rungs)):
+            corr_rows.append({"mode": mode, "rung": rung, "epochs": f"{args.rungs[rung]:g}",
+                              "candidates at the top": n, "Spearman with the top rung": f"{rho:.3f}"})
+    table, corr = markdown_table(rows), markdown_table(corr_rows)
+    print(table, corr, sep="\n\n")
+    fidelity = [f"rungs {' '.join(f'{r:g}' for r in args.rungs)}", f"eta {args.eta:g}"]
+    slug = variant_name(args.recipe, [*args.overrides, *fidelity, f"{args.budget:g}s"])
+    plot = plot_fronts(slug, fronts, args)
+    variant = "".join(f" {o}" for o in args.overrides)
+    write_section(
+        f"multifidelity-{slug}", f"Multi-fidelity vs single-fidelity: {args.recipe.stem}{variant}",
+        f"`{shown(args.recipe)}`{variant and ' with' + variant}; rungs {args.rungs} epochs, η {args.eta:g}; "
+        f"{args.budget:g} s of wall-clock per study, {args.seeds} seeds, trials counted when they finished inside "
+        "it. `single`: every candidate gets the whole fine-tune; `reached`: the sampler sees a stopped candidate's "
+        "accuracy at its rung; `top`: stopped candidates are pruned trials. Hypervolume of the final front "
+        "(top-rung candidates only), normalized by the box between the shared reference point (worst front "
+        "accuracy, 1.01 × worst front latency over all runs) and (accuracy 1, latency 0); higher is better.\n\n"
+        f"{table}\n\nRank correlation of each rung with the top rung, over the candidates that reached the top "
+        f"(all seeds pooled):\n\n{corr}\n\n![fronts]({plot.name})",
+    )
+
+
+def plot_fronts(slug: str, fronts: dict[tuple[str, int], np.ndarray], args: argparse.Namespace) -> Path:
+    """Every run's final front, one colour per mode, saved next to RESULTS.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, mode in zip(("tab:gray", "tab:blue", "tab:orange"), args.modes):
+        for seed in range(args.seeds):
+            f = fronts[(mode, seed)]
+            f = f[np.argsort(f[:, 1])]
+            ax.step(f[:, 1], f[:, 0], where="post", color=colour, alpha=0.8, label=mode if seed == 0 else None)
+    ax.set_xlabel("median latency (ms)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{args.recipe.stem}: final fronts after {args.budget:g} s, {args.seeds} seeds", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS.parent / f"multifidelity-{slug[:90]}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()
