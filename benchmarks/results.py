@@ -65,17 +65,20 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
-def write_section(key: str, title: str, body: str, command: str | None = None) -> Path:
-    """Replace (or append) the section `key` of RESULTS.md with `body`, stamped with command (default: this
-    process's), machine, date."""
+def write_section(
+    key: str, title: str, body: str, command: str | None = None, *, machine_name: str | None = None,
+    date: str | None = None, path: Path = RESULTS,
+) -> Path:
+    """Replace (or append) the section `key` of RESULTS.md (or `path`) with `body`, stamped with command (default:
+    this process's), machine and date (default: this machine, now; a run measured elsewhere passes its own)."""
     stamp = (
         f"Command: `{command or command_line()}`  \n"
-        f"Machine: {machine()}  \n"
-        f"Date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
+        f"Machine: {machine_name or machine()}  \n"
+        f"Date: {date or dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
     )
     block = f"<!-- {key}:start -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- {key}:end -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by the script named in its command line.\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script named in its command line.\n"
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-    return RESULTS
+    path.write_text(text)
+    return path

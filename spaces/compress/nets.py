@@ -1,4 +1,4 @@
-"""Small residual networks to compress: a tiny ResNet for 16×16 images and ResNet-18 for 32×32 ones."""
+"""Small residual networks to compress: a tiny ResNet for 16×16 images, ResNet-56 and ResNet-18 for 32×32 ones."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 class TinyResNet(nn.Module):
     """A 3×3 stem and one stage of BasicBlocks per width, stride 2 from the second stage; residual adds
-    and a projection shortcut at each stride, as in ResNet. Sized for 8–32 pixel images."""
+    and a projection shortcut at each stride, as in ResNet. Sized for 8–32 pixel images. `zero_init_residual`
+    starts every block's last BatchNorm at zero, so each block begins as the identity (as torchvision's ResNet)."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64), depth: int = 1
+        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64), depth: int = 1,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -37,6 +39,10 @@ class TinyResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
@@ -47,6 +53,15 @@ def tiny_resnet(
 ) -> TinyResNet:
     """A tiny ResNet (widths per stage, `depth` BasicBlocks each) for the digits studies."""
     return TinyResNet(num_classes, in_channels, tuple(widths), depth)
+
+
+def resnet56(num_classes: int = 10, in_channels: int = 3) -> TinyResNet:
+    """CIFAR ResNet-56 (He et al. 2016, section 4.2): a 3×3 stem, 3 stages of 9 BasicBlocks at 16/32/64 channels
+    on 32×32, 16×16 and 8×8 maps, global pooling and a linear classifier; 0.86M parameters. The two shortcuts
+    that change width are 1×1 projections with BatchNorm (option B, as in Torch-Pruning's ResNet-56) rather
+    than the paper's zero-padding (option A): a projection gives each stage's residual stream a prunable
+    group of its own, where zero-padded channels would tie one stage's stream to part of the next."""
+    return TinyResNet(num_classes, in_channels, (16, 32, 64), depth=9, zero_init_residual=True)
 
 
 def resnet18_small(num_classes: int = 10, in_channels: int = 3) -> ResNet:
