@@ -6,7 +6,7 @@ as soon as it ends, so a run cut off by its time limit still returns what it fin
    held out score candidates; the 10,000 test images are kept for the table): bf16 autocast, channels_last,
    the data on the GPU as uint8, flips and crops drawn there, batch 512, SGD + Nesterov, one-cycle to 0.4,
    label smoothing 0.1, 40 epochs. Writes resnet56_cifar10.pt, the checkpoint the recipe names.
-2. The compression study of studies/cifar10_resnet56_prune.yaml through `search.runner.run_study`
+2. The compression study of studies/cifar10_resnet56_prune.yaml through `search.executors.inprocess.run_study`
    (uniform anchors first, then TPE over 30 per-group keep ratios; each trial fine-tuned on the GPU and timed
    with the torch backend at batch 256); its front re-timed at batch 1 and exported to ONNX (front_onnx.zip).
 3. Baselines at the study's fine-tune budget: uniform L1 pruning at several keep ratios and at the keep ratio
@@ -47,12 +47,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from benchmarks.realscale_data import (  # noqa: E402
-    decode, pack_summary, read_folder, read_pack, write_cifar_batches, write_pack,
-)
+from benchmarks.realscale_data import decode, pack_summary, read_folder, read_pack, write_cifar_batches, write_pack  # noqa: E402
 from benchmarks.realscale_report import Results, time_onnx, write_results  # noqa: E402
 from benchmarks.realscale_stages import (  # noqa: E402
-    CHECKPOINT, Clock, Log, failure, load_base, now, stage1, stage2, stage3, stage4, stage4_entries,
+    CHECKPOINT,
+    Clock,
+    Log,
+    failure,
+    load_base,
+    now,
+    stage1,
+    stage2,
+    stage3,
+    stage4,
+    stage4_entries,
 )
 from benchmarks.realscale_train import DeviceSplit, Recipe, accuracy  # noqa: E402
 from benchmarks.results import ROOT, command_line, machine  # noqa: E402

@@ -18,7 +18,12 @@ import torch
 import torch.nn as nn
 
 from benchmarks.realscale_baselines import (
-    describe_cost, latency_ms, match_tp_global, match_uniform, short_finetune, uniform_l1,
+    describe_cost,
+    latency_ms,
+    match_tp_global,
+    match_uniform,
+    short_finetune,
+    uniform_l1,
 )
 from benchmarks.realscale_report import FRONT_ZIP, TABLE_ZIP
 from benchmarks.realscale_train import DeviceSplit, Recipe, accuracy, fit
@@ -27,7 +32,9 @@ from evaluators.data import DataBundle
 from evaluators.latency import LatencyBackend, get_backend
 from evaluators.onnx_export import export_onnx
 from search.config import StudyConfig
-from search.runner import run_study
+from search.executors.inprocess import run_study
+from search.front import front_trials
+from search.record import TrialRecord
 from spaces.compress import CompressSpace, build_model, load_checkpoint
 
 CHECKPOINT = "resnet56_cifar10.pt"
@@ -128,18 +135,19 @@ def trial_row(trial: Any, base: dict[str, Any], backend: LatencyBackend, model: 
               base_b1: float) -> dict[str, Any]:
     """A study trial as the report shows it, with its network timed again at batch 1."""
     ms_b1 = latency_ms(backend, model, data, 1)
-    anchor = bool(trial.user_attrs.get("anchor"))
-    keep = list(trial.user_attrs["candidate"]["keep"].values()) or [1.0]
+    record = TrialRecord.of(trial)
+    anchor = record.anchor
+    keep = list(record.candidate["keep"].values()) or [1.0]
     label = (f"#{trial.number} {'uniform anchor' if anchor else 'searched'}, keep {statistics.fmean(keep):.2f} "
              f"[{min(keep):.2f}–{max(keep):.2f}]")
     return {
         "label": label, "trial": trial.number, "anchor": anchor, "val_acc": trial.values[0],
-        "macs": trial.user_attrs["macs"], "params": trial.user_attrs["params"],
-        "flops_reduction": 1 - trial.user_attrs["macs"] / base["macs"],
-        "params_reduction": 1 - trial.user_attrs["params"] / base["params"],
+        "macs": record.macs, "params": record.params,
+        "flops_reduction": 1 - record.macs / base["macs"],
+        "params_reduction": 1 - record.params / base["params"],
         "ms_busy": trial.values[1], "speedup_busy": base["latency_ms"] / trial.values[1],
         "ms_b1": ms_b1, "speedup_b1": base_b1 / ms_b1, "onnx": f"front-{trial.number}.onnx",
-        "candidate": trial.user_attrs["candidate"],
+        "candidate": record.candidate,
     }
 
 
@@ -168,11 +176,11 @@ def stage2(config: StudyConfig, data: DataBundle, checkpoint: Path, trials: int 
                           image_size=data.image_size, checkpoint=checkpoint)
     backend = torch_backend(config)
     base_b1 = latency_ms(backend, space.base, data, 1)
-    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    front = front_trials(study)
     rows, packed = [], 0
     with zipfile.ZipFile(out / FRONT_ZIP, "w", zipfile.ZIP_DEFLATED) as pack:
         for trial in front:
-            model = space.build(trial.user_attrs["candidate"])
+            model = space.build(TrialRecord.of(trial).candidate)
             rows.append(trial_row(trial, base, backend, model, data, base_b1))
             path = export_onnx(model, data.input_shape, config.run_dir / rows[-1]["onnx"], dynamic_batch=True)
             if packed + path.stat().st_size > ZIP_LIMIT:  # a returned file holds 16 MiB; weights barely compress
@@ -181,13 +189,13 @@ def stage2(config: StudyConfig, data: DataBundle, checkpoint: Path, trials: int 
             packed += path.stat().st_size
             pack.write(path, rows[-1]["onnx"])
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    anchors = sum(TrialRecord.of(t).anchor for t in done)
     shutil.copy(config.run_dir / "study.db", out / "study.db")
     pick = pick_near(rows)
     record = {
-        "base": {**base, "ms_b1": base_b1}, "trials": len(done), "anchors": sum(bool(t.user_attrs.get("anchor"))
-                                                                               for t in done),
+        "base": {**base, "ms_b1": base_b1}, "trials": len(done), "anchors": anchors,
         "front": rows, "pick": pick and pick["trial"], "busy_batch": config.latency.batch_size,
-        "summary": f"{len(done)} trials (the first {sum(bool(t.user_attrs.get('anchor')) for t in done)}: uniform "
+        "summary": f"{len(done)} trials (the first {anchors}: uniform "
                    f"anchors), {config.search.sampler.upper()} over {len(space.groups)} per-group keep ratios in "
                    f"[{config.space.keep[0]:g}, {config.space.keep[1]:g}], each fine-tuned {config.train.epochs:g} "
                    f"epoch distilled from the base and timed at batch {config.latency.batch_size} "

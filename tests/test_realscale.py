@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from benchmarks.realscale import selected_stages
-from benchmarks.realscale_stages import load_base, pick_near
 from benchmarks.realscale_baselines import match_tp_global, match_uniform
 from benchmarks.realscale_data import SPLITS, decode, read_folder, read_pack, write_cifar_batches, write_pack
 from benchmarks.realscale_report import SECTION, TABLE_ZIP, Results, time_onnx, write_results
+from benchmarks.realscale_stages import load_base, pick_near
 from benchmarks.realscale_train import DeviceSplit, Recipe, fit, one_cycle
 from evaluators.cost import measure_cost
 from evaluators.data import DataBundle, DataError, Split, load_data
