@@ -1,4 +1,5 @@
-"""Quick fine-tune: a few epochs of SGD with a cosine schedule, optional distillation, then accuracy."""
+"""Quick fine-tune: a few epochs of SGD with a cosine schedule, optional distillation and BatchNorm sparsity,
+then accuracy."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainSettings:
-    """How long and how hard a candidate is fine-tuned."""
+    """How long and how hard a candidate is fine-tuned. `bn_l1`: weight λ of the L1 penalty λ·Σ|γ| on every
+    BatchNorm scale (Network Slimming's sparsity training); 0 leaves training as it is."""
 
     epochs: float = 3.0
     batch_size: int = 64
@@ -33,6 +35,7 @@ class TrainSettings:
     max_eval_samples: int | None = None
     kd_temperature: float = 4.0
     kd_alpha: float = 0.0
+    bn_l1: float = 0.0
     device: str = "cpu"
 
 
@@ -114,6 +117,25 @@ def recalibrate_bn(model: nn.Module, split: Split, batches: int = 20, batch_size
     return seen
 
 
+def batchnorm_scales(model: nn.Module) -> torch.Tensor:
+    """|γ| of every affine BatchNorm layer of `model`, concatenated in module order (a 1-D CPU tensor): the
+    distribution Network Slimming's sparsity training pushes towards zero and its threshold cuts."""
+    scales = [m.weight.detach().abs().flatten().cpu() for m in _affine_batchnorms(model)]
+    return torch.cat(scales) if scales else torch.empty(0)
+
+
+def _affine_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+
+
+@torch.no_grad()
+def add_bn_l1_subgradient(model: nn.Module, weight: float) -> None:
+    """Add λ·sign(γ), the subgradient of λ·Σ|γ|, to the gradient of every BatchNorm scale (after backward)."""
+    for m in _affine_batchnorms(model):
+        if m.weight.grad is not None:
+            m.weight.grad.add_(torch.sign(m.weight), alpha=weight)
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's soft-target loss, scaled by T² so its gradient matches the hard loss."""
     t = temperature
@@ -192,6 +214,8 @@ class FineTune:
                     raise TrainingDiverged(f"loss became {self.loss} at step {self.step} of {self.total_steps}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if s.bn_l1 > 0:
+                    add_bn_l1_subgradient(self.model, s.bn_l1)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1

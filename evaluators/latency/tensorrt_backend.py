@@ -259,7 +259,7 @@ class TensorRTBackend:
                 note = f"capture failed, timed plain enqueues: {exc}"
         timings = cuda_event_times(launch, stream, warmup_s=self.warmup_s, min_iterations=self.min_iterations,
                                    min_seconds=self.min_seconds)
-        del buffers, context
+        del buffers  # the I/O tensors go first; the execution context goes with this call, before its engine
         return timings, note
 
 

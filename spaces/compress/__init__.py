@@ -1,13 +1,15 @@
 """The `compress` space: a trained network made smaller — pruned channels, factorized layers, precision."""
 
-from spaces.compress.compress import compress, factorizable_layers, prunable_groups
+from spaces.compress.compress import POLICIES, compress, factorizable_layers, global_keep_ratios, prunable_groups
 from spaces.compress.errors import CompressError
 from spaces.compress.importance import CRITERIA
+from spaces.compress.lowrank import FORMS
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
 from spaces.compress.prune import PrunableGroup
 from spaces.compress.space import CompressSpace, CompressSpaceConfig
 
 __all__ = [
-    "CRITERIA", "CompressError", "CompressSpace", "CompressSpaceConfig", "PrunableGroup", "build_model", "compress",
-    "factorizable_layers", "fingerprint", "load_checkpoint", "prunable_groups",
+    "CRITERIA", "FORMS", "POLICIES", "CompressError", "CompressSpace", "CompressSpaceConfig", "PrunableGroup",
+    "build_model", "compress", "factorizable_layers", "fingerprint", "global_keep_ratios", "load_checkpoint",
+    "prunable_groups",
 ]

@@ -10,11 +10,12 @@ import torch.nn as nn
 
 from spaces.compress.errors import CompressError
 from spaces.compress.importance import make_importance
-from spaces.compress.lowrank import factorizable, factorize_layers
+from spaces.compress.lowrank import FORMS, factorizable, factorize_layers, kxk_conv
 from spaces.compress.prune import ChannelGraph, PrunableGroup, probe
 from spaces.compress.shuffle import expose_channel_shuffles
 
 Ratios = float | Mapping[str, float]
+POLICIES = ("group", "global")
 
 
 def _graph(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str]) -> tuple[nn.Module, ChannelGraph]:
@@ -32,6 +33,15 @@ def factorizable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[s
     stages = probe(model, example_input).stages
     names = {m: n for n, m in model.named_modules()}
     return {names[m]: stage for m, stage in stages.items() if factorizable(m)}
+
+
+def global_keep_ratios(
+    model: nn.Module, example_input: torch.Tensor, keep: float, importance: str = "bn_scale", round_to: int = 8,
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None, exclude: Sequence[str] = (),
+) -> dict[str, float]:
+    """The per-group keep ratios `compress(policy="global")` cuts `model` at: group name → kept share."""
+    net, graph = _graph(copy.deepcopy(model).eval(), example_input, exclude)
+    return graph.global_keep(float(keep), make_importance(importance, net, calibration, comparable=True), round_to)
 
 
 def _run(model: nn.Module, example_input: torch.Tensor) -> torch.Size:
@@ -78,21 +88,34 @@ def compress(
     importance: str = "l1",
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     exclude: Sequence[str] = (),
+    policy: str = "group",
+    form: str | Mapping[str, str] | None = None,
 ) -> nn.Module:
     """A physically smaller copy of `model` (left untouched).
 
-    `keep`: the share of channels each prunable group keeps — one ratio for all, or a mapping from
-    group name (see `prunable_groups`) to ratio; missing groups keep everything. Channel counts are
-    rounded to a multiple of `round_to`; the lowest-ranked channels by `importance` (`l1`, `bn_scale`
-    or `taylor`, which needs a `calibration` batch of inputs and labels) go. Groups named in (or
-    containing a layer named in) `exclude` are not pruned.
+    `keep`: with `policy="group"`, the share of channels each prunable group keeps — one ratio for all,
+    or a mapping from group name (see `prunable_groups`) to ratio; missing groups keep everything. With
+    `policy="global"`, one share of all prunable channels of the network (Network Slimming's global
+    threshold): channels are ranked across groups — raw |γ| for `bn_scale`, `l1` and `taylor` divided by
+    their group's mean (see `importance.py`) — so groups lose different amounts (`global_keep_ratios`).
+    Channel counts are rounded to a multiple of `round_to` (at least one); the lowest-ranked channels by
+    `importance` (`l1`, `bn_scale` or `taylor`, which needs a `calibration` batch of inputs and labels) go.
+    Groups named in (or containing a layer named in) `exclude` are not pruned.
     `rank`: rank ratios for low-rank factorization — one for every factorizable layer, or a mapping
-    from layer name to ratio; applied after pruning, only where it saves parameters.
+    from layer name to ratio; applied after pruning, only where it saves parameters. `form`: how a k×k
+    conv is factorized, `spatial` (default) or `tucker2` — one for every k×k conv in `rank`, or a
+    mapping from layer name to form (see `lowrank.py`).
     Raises CompressError naming the layer or group it cannot handle.
     """
+    if policy not in POLICIES:
+        raise CompressError(f"policy {policy!r}: expected one of {', '.join(POLICIES)}")
     net = copy.deepcopy(model).eval()
     expected = _run(net, example_input)
     uniform = isinstance(keep, (int, float))
+    if policy == "global" and not uniform:
+        raise CompressError(
+            f"keep: the global policy takes one share for the whole network (a number), got {type(keep).__name__}"
+        )
     if (float(keep) < 1) if uniform else any(float(v) < 1 for v in dict(keep).values()):
         net, graph = _graph(net, example_input, exclude)
         names = [g.name for g in graph.groups]
@@ -108,11 +131,31 @@ def compress(
         bad = {k: v for k, v in keep_map.items() if not 0 < v <= 1}
         if bad:
             raise CompressError(f"keep: ratios must be in (0, 1], got {bad}")
-        graph.apply(graph.plan(keep_map, make_importance(importance, net, calibration), round_to))
+        scorer = make_importance(importance, net, calibration, comparable=policy == "global")
+        if policy == "global":
+            keep_map = graph.global_keep(float(keep), scorer, round_to)
+        graph.apply(graph.plan(keep_map, scorer, round_to))
         net.zero_grad(set_to_none=True)
         _check_pruned(model, net, example_input, expected, keep_map, importance, calibration, round_to, exclude)
     if rank is not None:
         layers = factorizable_layers(net, example_input)
         ranks = {n: float(rank) for n in layers} if isinstance(rank, (int, float)) else dict(rank)
-        factorize_layers(net, ranks, round_to)
+        factorize_layers(net, ranks, round_to, _forms(net, ranks, form))
+    elif form:
+        raise CompressError("form: a factorization form needs a rank; give rank too")
     return net
+
+
+def _forms(model: nn.Module, ranks: Mapping[str, float], form: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Layer → factorization form: one form for every k×k conv in `ranks`, or the mapping as given."""
+    if form is None:
+        return {}
+    if isinstance(form, str):
+        if form not in FORMS:
+            raise CompressError(f"form {form!r}: expected one of {', '.join(FORMS)}")
+        modules = dict(model.named_modules())
+        return {n: form for n in ranks if n in modules and kxk_conv(modules[n])}
+    missing = sorted(set(form) - set(ranks))
+    if missing:
+        raise CompressError(f"form: layer(s) {missing} have no rank ratio; give them one in rank")
+    return dict(form)

@@ -5,6 +5,12 @@
   BatchNorm fall back to `l1`.
 - `taylor`: |w · ∂L/∂w| summed over the group (Molchanov et al. 2019), with gradients of the
   cross-entropy on a calibration batch; layers without a gradient fall back to `l1`.
+
+Comparable scores (`comparable=True`, for one ranking across all groups, the global policy): `bn_scale` keeps
+raw |γ| — after sparsity training the scales themselves say which channels matter, across layers (Network
+Slimming); a group without BatchNorm is scored by `l1` divided by its group's mean, times the mean |γ| of the
+network. `l1` and `taylor` grow with a layer's fan-in, so each group's scores are divided by their mean:
+every group then averages 1, and a channel ranks by how it compares with the rest of its group.
 """
 
 from __future__ import annotations
@@ -40,10 +46,22 @@ def taylor_gradients(model: nn.Module, calibration: tuple[torch.Tensor, torch.Te
         F.cross_entropy(model(x), y).backward()
 
 
+def _mean_bn_scale(model: nn.Module) -> float:
+    scales = [m.weight.detach().abs().flatten() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    return float(torch.cat(scales).mean()) if scales else 1.0
+
+
+def _by_mean(scores: torch.Tensor) -> torch.Tensor:
+    return scores / scores.mean().clamp_min(torch.finfo(scores.dtype).tiny)
+
+
 def make_importance(
-    name: str, model: nn.Module, calibration: tuple[torch.Tensor, torch.Tensor] | None = None
+    name: str, model: nn.Module, calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    comparable: bool = False,
 ) -> Scorer:
-    """A function scoring each channel of a group (higher = more important) by criterion `name`."""
+    """A function scoring each channel of a group (higher = more important) by criterion `name`;
+    `comparable`: scores on one scale across groups (see the module docstring)."""
     if name not in CRITERIA:
         raise CompressError(f"importance {name!r}: expected one of {', '.join(CRITERIA)}")
     if name == "taylor":
@@ -51,12 +69,16 @@ def make_importance(
             raise CompressError("importance 'taylor' needs a calibration batch (inputs, labels) for its gradients")
         taylor_gradients(model, calibration)
     primary, fallback = _scorer(name), _scorer("l1")
+    bn_mean = _mean_bn_scale(model) if comparable and name == "bn_scale" else 1.0
 
     def score(group: tp.Group) -> torch.Tensor:
         try:
             scores = primary(group)
         except AttributeError:  # a layer the calibration batch did not reach has no gradient
             scores = None
-        return fallback(group) if scores is None else scores
+        if scores is not None and (name == "bn_scale" or not comparable):
+            return scores
+        scores = fallback(group) if scores is None else scores
+        return _by_mean(scores) * bn_mean if comparable else scores
 
     return score

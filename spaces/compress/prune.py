@@ -6,6 +6,10 @@ channels of a depthwise conv. Each group is named after its first conv or linear
 order) and pruned to `keep` of its channels, rounded to a multiple of `round_to`. Groups that reach
 the network's output (the classifier), or cross a channel shuffle, a channel split or slice (sizes
 written in the code), are kept whole.
+
+`global_keep` turns one share for the whole network into per-group ratios (Network Slimming's global
+threshold): every channel of every prunable group is ranked by one comparable score, the top `keep` share
+of the channels survives, and each group's survivors are rounded like a per-group ratio.
 """
 
 from __future__ import annotations
@@ -236,6 +240,43 @@ class ChannelGraph:
             idxs = torch.cat([drop + g * per_group for g in range(info.channel_groups)]).sort().values
             plans.append((info, root, handler, idxs.tolist()))
         return plans
+
+    def global_keep(self, keep: float, importance: Scorer, round_to: int) -> dict[str, float]:
+        """Per-group keep ratios of one global threshold: the channels of all groups ranked by `importance`
+        (scores comparable across groups; ties spread over the groups in proportion), each group keeping its
+        channels above the threshold rounded by `kept_channels` (at least one multiple of `round_to`), the
+        threshold placed where the rounded total comes closest to `keep` of the ranked channels. Groups too
+        small to round stay whole and out of the ranking."""
+        infos: list[PrunableGroup] = []
+        ranked = []
+        for info, _, _, group in self._groups:
+            if kept_channels(info.channels, info.channel_groups, 0.0, round_to) >= info.channels:
+                continue
+            per_group = info.channels // info.channel_groups
+            mean = importance(group).detach().float().cpu().view(info.channel_groups, per_group).mean(0)
+            place = torch.empty(per_group)
+            place[torch.argsort(mean, descending=True, stable=True)] = torch.arange(per_group) / per_group
+            ranked.append((mean, place, torch.full((per_group,), len(infos))))
+            infos.append(info)
+        if not infos:
+            return {}
+        score, place, owner = (torch.cat(column) for column in zip(*ranked))
+        order = torch.argsort(place, stable=True)
+        owners = owner[order[torch.argsort(score[order], descending=True, stable=True)]]
+        target = keep * sum(info.channels for info in infos)
+
+        def kept(top: int) -> list[int]:
+            """Channels each group keeps when the `top` best-ranked slots survive."""
+            counts = torch.bincount(owners[:top], minlength=len(infos)).tolist()
+            return [kept_channels(i.channels, i.channel_groups, c * i.channel_groups / i.channels, round_to)
+                    for i, c in zip(infos, counts)]
+
+        low, high = 0, len(owners)  # the fewest survivors whose rounded total reaches the target
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if sum(kept(mid)) >= target else (mid + 1, high)
+        best = min((n for n in (low - 1, low) if n >= 0), key=lambda n: abs(sum(kept(n)) - target))
+        return {info.name: k / info.channels for info, k in zip(infos, kept(best))}
 
     def apply(self, plans: list[tuple[PrunableGroup, nn.Module, object, list[int]]]) -> None:
         """Physically remove the planned channels, group after group."""

@@ -1,8 +1,10 @@
 """The `compress` space (AMC-style): per prunable group, how much to keep; per layer, which rank; which precision.
 
-A candidate is plain JSON — keep ratios by group, rank ratios by layer, importance criterion,
-precision, and the base it applies to (model, checkpoint, SHA-256 of its weights) — and
-`build(candidate)` cuts the same network from the same base weights anywhere.
+A candidate is plain JSON — the pruning policy with its keep ratios (by group, or `{"*": share}` for one
+global threshold), rank ratios by layer and the factorization form of the k×k convs that are not spatial SVD,
+importance criterion, precision, and the base it applies to (model, checkpoint, SHA-256 of its weights) —
+and `build(candidate)` cuts the same network from the same base weights anywhere. A candidate without
+`policy` or `form` (made before they existed) builds as `group` with spatial SVD.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from spaces.compress.compress import compress, factorizable_layers, prunable_groups
 from spaces.compress.errors import CompressError
-from spaces.compress.lowrank import factorized_params, rank_for
+from spaces.compress.lowrank import form_params, kxk_conv
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
 from spaces.registry import Candidate, Space, register_space
 from spaces.suggest import Suggest
@@ -51,6 +53,11 @@ class CompressSpaceConfig(BaseModel):
 
     type: Literal["compress"] = "compress"
     base: BaseNetworkConfig
+    policy: list[Literal["group", "global"]] = Field(
+        default_factory=lambda: ["group"], min_length=1,
+        description="group: a keep ratio per group (as granularity says); global: one share of all channels, "
+                    "cut at one threshold of importance across groups; several are searched",
+    )
     granularity: Literal["group", "stage", "global"] = Field(
         "group", description="one keep (and rank) ratio per prunable group / per stage (resolution) / for all"
     )
@@ -59,11 +66,16 @@ class CompressSpaceConfig(BaseModel):
     importance: list[Literal["l1", "bn_scale", "taylor"]] = Field(default_factory=lambda: ["l1"], min_length=1)
     rank_step: float = Field(0.125, gt=0)
     rank: tuple[float, float] | None = Field(None, description="[low, high] rank ratios; 1 = not factorized")
+    rank_forms: list[Literal["spatial", "tucker2"]] = Field(
+        default_factory=lambda: ["spatial"], min_length=1,
+        description="how a k×k conv is factorized: spatial SVD (k×1, 1×k) or Tucker-2 (1×1, k×k, 1×1); several "
+                    "are searched per layer (as granularity says)",
+    )
     precision: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
     round_to: int = Field(8, ge=1, description="channel counts and ranks are multiples of this")
     exclude: list[str] = Field(default_factory=list, description="groups (or layers) never pruned")
 
-    @field_validator("importance", "precision")
+    @field_validator("policy", "importance", "rank_forms", "precision")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
@@ -124,14 +136,15 @@ class CompressSpace(Space):
         return self.base
 
     def _rank_layers(self) -> dict[str, str]:
-        """Factorizable layers that would save parameters at the lowest rank ratio searched → their stage."""
-        low = self.config.rank[0]
+        """Factorizable layers that would save parameters at the lowest rank ratio searched (in one of the
+        recipe's forms, for a k×k conv) → their stage."""
+        low, cfg = self.config.rank[0], self.config
         out = {}
         for name, stage in factorizable_layers(self.base, self.example_input).items():
             module = self.base.get_submodule(name)
-            if factorized_params(module, rank_for(module, low, self.config.round_to)) < sum(
-                p.numel() for p in module.parameters()
-            ):
+            forms = cfg.rank_forms if kxk_conv(module) else [None]
+            size = sum(p.numel() for p in module.parameters())
+            if any(form_params(module, low, cfg.round_to, f) < size for f in forms):
                 out[name] = stage
         return out
 
@@ -141,15 +154,23 @@ class CompressSpace(Space):
         return {u: (u if g == "group" else f"stage.{s}" if g == "stage" else "all") for u, s in units.items()}
 
     def sample(self, suggest: Suggest) -> Candidate:
-        """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`)."""
+        """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`;
+        `keep.global` where the recipe lists the global policy, `policy` and `form.<layer>` where it lists
+        several policies or forms)."""
         cfg = self.config
         importance = suggest.categorical("importance", cfg.importance) if len(cfg.importance) > 1 else cfg.importance[0]
-        keys = self._keys({g.name: g.stage for g in self.groups})
-        drawn = {
-            k: _round(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step)) for k in dict.fromkeys(keys.values())
-        }
-        keep = {group: drawn[key] for group, key in keys.items()}
+        policy = suggest.categorical("policy", cfg.policy) if len(cfg.policy) > 1 else cfg.policy[0]
+        if policy == "global":
+            keep = {"*": _round(suggest.float("keep.global", *cfg.keep, step=cfg.keep_step))}
+        else:
+            keys = self._keys({g.name: g.stage for g in self.groups})
+            drawn = {
+                k: _round(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step))
+                for k in dict.fromkeys(keys.values())
+            }
+            keep = {group: drawn[key] for group, key in keys.items()}
         rank: dict[str, float] = {}
+        form: dict[str, str] = {}
         if cfg.rank is not None and self.rank_layers:
             rkeys = self._keys(self.rank_layers)
             rdrawn = {
@@ -157,31 +178,50 @@ class CompressSpace(Space):
                 for k in dict.fromkeys(rkeys.values())
             }
             rank = {layer: rdrawn[key] for layer, key in rkeys.items() if rdrawn[key] < 1}
+            form = self._sample_forms(suggest, {layer: rkeys[layer] for layer in rank})
         precision = suggest.categorical("precision", cfg.precision) if len(cfg.precision) > 1 else cfg.precision[0]
         return {
             "space": "compress", "base": dict(self.base_spec), "importance": importance, "round_to": cfg.round_to,
-            "keep": keep, "rank": rank, "precision": precision,
+            "policy": policy, "keep": keep, "rank": rank, "form": form, "precision": precision,
         }
+
+    def _sample_forms(self, suggest: Suggest, keys: dict[str, str]) -> dict[str, str]:
+        """Factorized k×k conv → its form, where not spatial SVD; one form drawn per rank key."""
+        forms = self.config.rank_forms
+        kxk = {layer: key for layer, key in keys.items() if kxk_conv(self.base.get_submodule(layer))}
+        if len(forms) > 1:
+            drawn = {k: suggest.categorical(f"form.{k}", forms) for k in dict.fromkeys(kxk.values())}
+        else:
+            drawn = {k: forms[0] for k in kxk.values()}
+        return {layer: drawn[key] for layer, key in kxk.items() if drawn[key] != "spatial"}
 
     def anchors(self, levels: int) -> list[dict[str, Any]]:
         """Optuna parameters of uniform policies for a study to evaluate first (the uniform baselines of AMC and
         NetAdapt): one keep ratio for every group at `levels` values spread evenly inside the keep range, no
-        factorization, the first importance criterion, at each precision. Uniform pruning is a strong front
-        (benchmarks/RESULTS.md, searched vs uniform); starting from it, the sampler spends its budget on
-        policies that beat it rather than on finding it."""
+        factorization, the first importance criterion and form, at each precision. Uniform pruning is a strong
+        front (benchmarks/RESULTS.md, searched vs uniform); starting from it, the sampler spends its budget on
+        policies that beat it rather than on finding it. A recipe whose only policy is `global` gets the same
+        shares as global thresholds."""
         cfg = self.config
         low, high = cfg.keep
         steps = round((high - low) / cfg.keep_step)
         ratios = sorted(
             {_round(low + cfg.keep_step * round(steps * (i + 1) / (levels + 1))) for i in range(levels)}, reverse=True
         )
-        keep_keys = dict.fromkeys(self._keys({g.name: g.stage for g in self.groups}).values())
+        uniform = "group" in cfg.policy
+        keep_keys = dict.fromkeys(self._keys({g.name: g.stage for g in self.groups}).values()) if uniform else {}
         rank_keys = dict.fromkeys(self._keys(self.rank_layers).values()) if cfg.rank is not None else {}
+        form_keys = dict.fromkeys(
+            key for layer, key in self._keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
+        ) if cfg.rank is not None and cfg.rank[1] < 1 and len(cfg.rank_forms) > 1 else {}
         anchors = []
         for precision in cfg.precision:
             for ratio in ratios:
-                params: dict[str, Any] = {f"keep.{k}": ratio for k in keep_keys}
+                params: dict[str, Any] = {f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio}
+                if len(cfg.policy) > 1:
+                    params["policy"] = "group"
                 params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
+                params.update({f"form.{k}": cfg.rank_forms[0] for k in form_keys})
                 if len(cfg.importance) > 1:
                     params["importance"] = cfg.importance[0]
                 if len(cfg.precision) > 1:
@@ -191,12 +231,17 @@ class CompressSpace(Space):
 
     @staticmethod
     def describe(candidate: Candidate) -> str:
-        """One line per candidate, e.g. `l1 keep 0.62 [0.25–1.00] | rank 0.50 ×3 | int8`."""
+        """One line per candidate, e.g. `l1 keep 0.62 [0.25–1.00] | rank 0.50 ×3 | int8`,
+        `bn_scale global keep 0.60 | rank 0.50 ×3 tucker2 ×2 | fp32`."""
         keep = list(candidate["keep"].values()) or [1.0]
-        parts = [f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]"]
+        if candidate.get("policy", "group") == "global":
+            parts = [f"{candidate['importance']} global keep {keep[0]:.2f}"]
+        else:
+            parts = [f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]"]
         if candidate.get("rank"):
             ranks = list(candidate["rank"].values())
-            parts.append(f"rank {statistics.fmean(ranks):.2f} ×{len(ranks)}")
+            tucker = sum(f == "tucker2" for f in (candidate.get("form") or {}).values())
+            parts.append(f"rank {statistics.fmean(ranks):.2f} ×{len(ranks)}{f' tucker2 ×{tucker}' if tucker else ''}")
         parts.append(candidate.get("precision", "fp32"))
         return " | ".join(parts)
 
@@ -210,8 +255,15 @@ class CompressSpace(Space):
                 f"candidate was made from base weights {str(made_from)[:12]}…, this space holds "
                 f"{self.base_spec['sha256'][:12]}… ({self.base_spec['checkpoint']}); rebuild it with its own base"
             )
+        policy = candidate.get("policy", "group")
+        keep = candidate["keep"]
+        if policy == "global":
+            if set(keep) != {"*"}:
+                raise CompressError(f'candidate keep: the global policy holds one share as {{"*": share}}, got {keep}')
+            keep = float(keep["*"])
         return compress(
-            self.base, self.example_input, keep=candidate["keep"], rank=candidate.get("rank") or None,
+            self.base, self.example_input, keep=keep, rank=candidate.get("rank") or None,
             round_to=int(candidate.get("round_to", self.config.round_to)), importance=candidate["importance"],
-            calibration=self.calibration, exclude=self.config.exclude,
+            calibration=self.calibration, exclude=self.config.exclude, policy=policy,
+            form=candidate.get("form") or None,
         )
