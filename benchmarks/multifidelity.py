@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optuna.trial import FrozenTrial  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from benchmarks.results import RESULTS, markdown_table, run_name, shown, variant_name, write_section  # noqa: E402
+from benchmarks.results import RESULTS, markdown_table, plot_fronts, run_name, shown, variant_name, write_section  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.executors.inprocess import run_study  # noqa: E402
 from search.front import front_of, hypervolume  # noqa: E402
@@ -134,7 +134,9 @@ def report(args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTr
     print(table, corr, sep="\n\n")
     fidelity = [f"rungs {' '.join(f'{r:g}' for r in args.rungs)}", f"eta {args.eta:g}"]
     slug = variant_name(args.recipe, [*args.overrides, *fidelity, f"{args.budget:g}s"])
-    plot = plot_fronts(slug, fronts, args)
+    plot = plot_fronts(RESULTS.parent / f"multifidelity-{slug[:90]}.png",
+                       f"{args.recipe.stem}: final fronts after {args.budget:g} s, {args.seeds} seeds",
+                       {m: [fronts[(m, s)] for s in range(args.seeds)] for m in args.modes})
     variant = "".join(f" {o}" for o in args.overrides)
     write_section(
         f"multifidelity-{slug}", f"Multi-fidelity vs single-fidelity: {args.recipe.stem}{variant}",
@@ -147,30 +149,6 @@ def report(args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTr
         f"{table}\n\nRank correlation of each rung with the top rung, over the candidates that reached the top "
         f"(all seeds pooled):\n\n{corr}\n\n![fronts]({plot.name})",
     )
-
-
-def plot_fronts(slug: str, fronts: dict[tuple[str, int], np.ndarray], args: argparse.Namespace) -> Path:
-    """Every run's final front, one colour per mode, saved next to RESULTS.md."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for colour, mode in zip(("tab:gray", "tab:blue", "tab:orange"), args.modes):
-        for seed in range(args.seeds):
-            f = fronts[(mode, seed)]
-            f = f[np.argsort(f[:, 1])]
-            ax.step(f[:, 1], f[:, 0], where="post", color=colour, alpha=0.8, label=mode if seed == 0 else None)
-    ax.set_xlabel("median latency (ms)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{args.recipe.stem}: final fronts after {args.budget:g} s, {args.seeds} seeds", fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    path = RESULTS.parent / f"multifidelity-{slug[:90]}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

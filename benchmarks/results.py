@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evaluators.latency.base import cpu_name
@@ -81,4 +82,26 @@ def write_section(
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+    return path
+
+
+def plot_fronts(path: Path, title: str, fronts: dict[str, list[np.ndarray]]) -> Path:
+    """Step plots of Pareto fronts ((accuracy, latency) rows), one colour per label and a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, (label, runs) in zip(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:gray"), fronts.items()):
+        for i, points in enumerate(runs):
+            points = points[np.argsort(points[:, 1])]
+            ax.step(points[:, 1], points[:, 0], where="post", color=colour, alpha=0.8, label=label if i == 0 else None)
+    ax.set_xlabel("median latency (ms)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path

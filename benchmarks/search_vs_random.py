@@ -21,7 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optuna.trial import TrialState  # noqa: E402
 
-from benchmarks.results import RESULTS, budget_tag, markdown_table, run_name, shown, variant_name, write_section  # noqa: E402
+from benchmarks.results import (  # noqa: E402
+    RESULTS,
+    budget_tag,
+    markdown_table,
+    plot_fronts,
+    run_name,
+    shown,
+    variant_name,
+    write_section,
+)
 from search.config import load_config  # noqa: E402
 from search.executors.inprocess import run_study  # noqa: E402
 from search.front import hypervolume, pareto_mask  # noqa: E402
@@ -100,7 +109,10 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
     slug = variant_name(recipe, [*args.overrides, *budget])
     title = f"{recipe.stem}{variant if len(variant) <= 40 else ' (overrides)'}" + (
         f", {args.trials} trials" if budget else "")
-    plot = plot_fronts(run_name(recipe, [*args.overrides, *budget]), title, points, args.samplers, args.seeds)
+    fronts = {s: [p[pareto_mask(p[:, 0], p[:, 1])] for p in (points[(s, seed)] for seed in range(args.seeds))]
+              for s in args.samplers}
+    plot = plot_fronts(RESULTS.parent / f"search_vs_random-{run_name(recipe, [*args.overrides, *budget])}.png",
+                       f"{title}: fronts of {args.seeds} seeds per sampler", fronts)
     write_section(
         f"search-vs-random-{slug}", f"Search vs random sampling: {recipe.stem}{variant}"
         + (f", {args.trials} trials" if budget else ""),
@@ -111,34 +123,6 @@ def report(recipe: Path, points: dict[tuple[str, int], np.ndarray], args: argpar
         "1.01 × worst latency over all runs of the study) and (accuracy 1, latency 0). Higher is better.\n\n"
         f"{table}\n\n![fronts]({plot.name})",
     )
-
-
-def plot_fronts(
-    name: str, title: str, points: dict[tuple[str, int], np.ndarray], samplers: list[str], seeds: int
-) -> Path:
-    """Every run's Pareto front, one colour per sampler, saved next to RESULTS.md as `search_vs_random-NAME.png`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for colour, sampler in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), samplers):
-        for seed in range(seeds):
-            p = points[(sampler, seed)]
-            front = p[pareto_mask(p[:, 0], p[:, 1])]
-            front = front[np.argsort(front[:, 1])]
-            ax.step(front[:, 1], front[:, 0], where="post", color=colour, alpha=0.8,
-                    label=sampler if seed == 0 else None)
-    ax.set_xlabel("median latency (ms)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{title}: fronts of {seeds} seeds per sampler", fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    path = RESULTS.parent / f"search_vs_random-{name}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

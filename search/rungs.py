@@ -27,6 +27,7 @@ from evaluators.train import evaluate
 from search import checkpoints
 from search.checkpoints import root_number
 from search.constraints import violations
+from search.context import StudyContext
 from search.fidelity import decide
 from search.objective import Objective, Stopped
 from search.record import TrialRecord
@@ -43,7 +44,7 @@ def over_before_training(cfg: ConstraintsConfig, latency_ms: float, params: int)
 class RungObjective(Objective):
     """The objective of a study with `search.fidelity`: scores each candidate in rungs (see the module)."""
 
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx: StudyContext) -> None:
         super().__init__(ctx)
         self.fidelity = ctx.config.search.fidelity
         self.scoring.check_rungs(self.fidelity.rungs)
