@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch_pruning.pruner import function
 
 from spaces.compress.errors import CompressError
+from spaces.compress.graph import all_groups, build_graph, collect_group
 from spaces.compress.importance import Scorer
 from spaces.compress.shuffle import ChannelShuffle, shuffles_as_gather
 
@@ -63,6 +64,19 @@ def kept_channels(channels: int, channel_groups: int, keep: float, round_to: int
         return channels
     k = int(math.floor(keep * per_group / step + 0.5)) * step
     return min(max(k, step), per_group) * channel_groups
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A prunable group with its Torch-Pruning group, its units (root channels pruned together) and, for
+    each of its conv / linear layers, the units reaching it."""
+
+    info: PrunableGroup
+    root: nn.Module
+    handler: object
+    group: tp.Group
+    units: list[list[int]]
+    layer_units: tuple[frozenset[int], ...]
 
 
 @dataclass
@@ -133,19 +147,15 @@ class ChannelGraph:
         check_supported(model, seen)
         self.model = model
         with shuffles_as_gather(model):
-            self.graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, verbose=False,
-                customized_pruners={ChannelShuffle: _ShufflePruner()},
-            )
+            self.graph = build_graph(model, example_input, {ChannelShuffle: _ShufflePruner()})
         self._unmap_splits()
         self.output_layers = seen.output_layers
         self.kept_whole: dict[str, str] = {}
-        self._groups: list[tuple[PrunableGroup, nn.Module, object, tp.Group]] = []
+        self._groups: list[_Group] = []
         order = {m: i for i, m in enumerate(model.modules())}
         names = {m: n for n, m in model.named_modules()}
-        stages = seen.stages
         in_groups, out_groups = self._channel_groups()
-        for group in self.graph.get_all_groups(root_module_types=ROOT_TYPES):
+        for group, classes in all_groups(self.graph, ROOT_TYPES):
             layers = sorted(
                 {d.target.module for d, _ in group
                  if isinstance(d.target.module, ROOT_TYPES) and self.graph.is_out_channel_pruning_fn(d.handler)},
@@ -155,19 +165,30 @@ class ChannelGraph:
                 continue
             layer_names = tuple(names[m] for m in layers)
             name = layer_names[0]
-            reason = self._whole_reason(group, exclude, layer_names)
-            if reason:
-                self.kept_whole[name] = reason
-                continue
-            root, handler = group[0].dep.target.module, group[0].dep.handler
             channel_groups = max(
                 [(out_groups if self.graph.is_out_channel_pruning_fn(d.handler) else in_groups).get(d.target.module, 1)
                  for d, _ in group]
             )
-            channels = len(group[0].idxs)
-            info = PrunableGroup(name, channels, channel_groups, stages.get(layers[0], "flat"), layer_names)
-            self._groups.append((info, root, handler, group))
-        self._groups.sort(key=lambda g: order[model.get_submodule(g[0].name)])
+            positions = _positions(len(group[0].idxs), channel_groups)
+            units = positions if channel_groups == 1 and len(classes) == len(positions) else classes
+            if channel_groups > 1:  # coupled channels are fine where they are the grouped convs' own positions
+                units = positions if all(len(c) == 1 for c in classes) or classes == sorted(positions) else []
+            reason = self._whole_reason(group, exclude, layer_names)
+            if not reason and not units:
+                reason = "couples channels of grouped convolutions unevenly"
+            if reason:
+                self.kept_whole[name] = reason
+                continue
+            unit_of = {r: u for u, members in enumerate(units) for r in members}
+            layer_units = [
+                frozenset(unit_of[r] for r in item.root_idxs) for item in group
+                if isinstance(item.dep.target.module, ROOT_TYPES) and self.graph.is_out_channel_pruning_fn(item.dep.handler)
+            ]
+            info = PrunableGroup(name, len(units) * channel_groups, channel_groups,
+                                 seen.stages.get(layers[0], "flat"), layer_names)
+            root, handler = group[0].dep.target.module, group[0].dep.handler
+            self._groups.append(_Group(info, root, handler, group, units, tuple(set(layer_units))))
+        self._groups.sort(key=lambda g: order[model.get_submodule(g.info.name)])
 
     def _unmap_splits(self) -> None:
         """Groups crossing a channel split are kept whole, so their index mapping is not needed; Torch-Pruning's
@@ -183,7 +204,7 @@ class ChannelGraph:
     @property
     def groups(self) -> list[PrunableGroup]:
         """The prunable groups, in module order of the layers they are named after."""
-        return [g[0] for g in self._groups]
+        return [g.info for g in self._groups]
 
     def _channel_groups(self) -> tuple[dict[nn.Module, int], dict[nn.Module, int]]:
         """Grouped convolutions (and group norms): channels must go in equal numbers from every group."""
@@ -221,22 +242,36 @@ class ChannelGraph:
     def plan(
         self, keep: Mapping[str, float], importance: Scorer, round_to: int
     ) -> list[tuple[PrunableGroup, nn.Module, object, list[int]]]:
-        """Which channels each group loses: its lowest-scored, equally from each channel group."""
+        """Which channels each group loses: its lowest-scored units (equally from each channel group), while
+        every layer of the group keeps at least `round_to` of its channels (all, if it has fewer)."""
         plans = []
-        for info, root, handler, group in self._groups:
-            ratio = float(keep.get(info.name, 1.0))
-            kept = kept_channels(info.channels, info.channel_groups, ratio, round_to)
+        for g in self._groups:
+            info = g.info
+            kept = kept_channels(info.channels, info.channel_groups, float(keep.get(info.name, 1.0)), round_to)
             if kept >= info.channels:
                 continue
-            scores = importance(group).detach().float().cpu()
-            per_group = info.channels // info.channel_groups
-            mean = scores.view(info.channel_groups, per_group).mean(0)
-            drop = torch.argsort(mean, stable=True)[: per_group - kept // info.channel_groups]
-            idxs = torch.cat([drop + g * per_group for g in range(info.channel_groups)]).sort().values
-            plans.append((info, root, handler, idxs.tolist()))
+            scores = importance(g.group).detach().float().cpu()
+            unit_scores = torch.stack([scores[members].mean() for members in g.units])
+            ascending = torch.argsort(unit_scores, stable=True).tolist()
+            step = max(1, round_to // math.gcd(round_to, info.channel_groups))
+            forced: set[int] = set()
+            for layer in g.layer_units:
+                forced.update([u for u in reversed(ascending) if u in layer][:step])
+            n_keep = kept // info.channel_groups
+            if len(forced) > n_keep:
+                n_keep = min(len(g.units), math.ceil(len(forced) / step) * step)
+            drop = [u for u in ascending if u not in forced][: len(g.units) - n_keep]
+            if drop:
+                plans.append((info, g.root, g.handler, sorted(r for u in drop for r in g.units[u])))
         return plans
 
     def apply(self, plans: list[tuple[PrunableGroup, nn.Module, object, list[int]]]) -> None:
         """Physically remove the planned channels, group after group."""
         for _, root, handler, idxs in plans:
-            self.graph.get_pruning_group(root, handler, idxs).prune()
+            collect_group(self.graph, root, handler, idxs)[0].prune()
+
+
+def _positions(channels: int, channel_groups: int) -> list[list[int]]:
+    """Units of a group without coupled channels: position p of every channel group together."""
+    per_group = channels // channel_groups
+    return [[p + g * per_group for g in range(channel_groups)] for p in range(per_group)]
