@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch_pruning as tp
 
 from evaluators.data import load_data
@@ -181,8 +182,15 @@ def test_compress_refuses_clearly():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.body(x).mean((2, 3)))
 
-    with pytest.raises(CompressError, match="layer 'aux'.*never calls"):
-        compress(Unused(), torch.randn(1, 3, 8, 8), keep=0.5)
+    class Functional(Unused):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.body(x).mean((2, 3))
+            return self.head(features) + F.linear(features, self.aux.weight)
+
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(CompressError, match="layer 'aux'.*never calls it, yet the network needs it"):
+        compress(Functional(), x, keep=0.5)
+    assert compress(Unused(), x, keep=0.5).aux is None
     with pytest.raises(CompressError, match="unknown group"):
         compress(tiny_resnet(), torch.randn(1, 1, 8, 8), keep={"nope": 0.5})
 
@@ -268,3 +276,37 @@ def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path, content):
         torch.save(nn.Linear(2, 2), path)
     with pytest.raises(CompressError, match=r"base\.pt: not a readable state dict .* torch\.save\(model\.state_dict\(\)"):
         load_checkpoint(nn.Linear(2, 2), path)
+
+
+def test_layers_the_eval_forward_never_calls_are_removed_and_the_rest_is_pruned(tmp_path):
+    model = build_model("torchvision:googlenet", in_channels=3, num_classes=10, image_size=64,
+                        kwargs={"aux_logits": True}).eval()
+    x = torch.randn(2, 3, 64, 64)
+    small = compress(model, x, keep=0.5)
+    assert small.aux1 is None and small.aux2 is None and model.aux1 is not None
+    assert params(small) < 0.4 * params(model)
+    with torch.no_grad():
+        assert small(x).shape == (2, 10)
+
+
+class ConcatThenDepthwise(nn.Module):
+    """Two convs concatenated into one depthwise conv: one group, whose channels come from two layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dw(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+def test_every_layer_of_a_group_keeps_at_least_round_to_of_its_channels():
+    model = ConcatThenDepthwise().eval()
+    with torch.no_grad():
+        model.a.weight.mul_(1e-3)  # all of a's channels rank below all of b's
+    x = torch.randn(2, 3, 8, 8)
+    small = compress(model, x, keep=0.5)
+    assert (small.a.out_channels, small.b.out_channels, small.dw.out_channels) == (8, 8, 16)
+    assert small(x).shape == (2, 10)

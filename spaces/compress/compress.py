@@ -85,7 +85,8 @@ def compress(
     group name (see `prunable_groups`) to ratio; missing groups keep everything. Channel counts are
     rounded to a multiple of `round_to`; the lowest-ranked channels by `importance` (`l1`, `bn_scale`
     or `taylor`, which needs a `calibration` batch of inputs and labels) go. Groups named in (or
-    containing a layer named in) `exclude` are not pruned.
+    containing a layer named in) `exclude` are not pruned. When pruning, layers the eval-mode forward
+    never calls (auxiliary heads) are removed from the copy, checked to leave the output unchanged.
     `rank`: rank ratios for low-rank factorization — one for every factorizable layer, or a mapping
     from layer name to ratio; applied after pruning, only where it saves parameters.
     Raises CompressError naming the layer or group it cannot handle.

@@ -85,15 +85,16 @@ class DependencyGraph(tp.DependencyGraph):
 
     def update_index_mapping(self) -> None:
         """Torch-Pruning's index mappings for the current channel counts, path-splitting reshapes corrected."""
-        index_mapping.update_index_mapping(self)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Maximum recursive depth")  # a shape it could not infer
+            index_mapping.update_index_mapping(self)
         for node in self.module2node.values():
             shapes = self._shapes.reshapes.get(node.grad_fn) if node.type == tp.ops.OPTYPE.RESHAPE else None
-            if shapes is None:
+            if shapes is None or len(shapes[0]) < 2 or len(shapes[1]) < 3:
                 continue
-            (_, before, *_), (_, paths, *after) = shapes
-            if len(after) < 1 or paths < 2 or after[0] * paths != before:
+            (_, before, *_), (_, paths, channels, *_) = shapes
+            if paths < 2 or channels * paths != before:
                 continue
-            channels = before // paths
             for out_node in node.outputs:
                 for dep in node.dependencies:
                     if dep.target == out_node:

@@ -3,14 +3,17 @@
 A *group* is every weight slice tied to one set of channels: a conv's outputs with its BatchNorm, the
 inputs of every consumer, the other branches of a residual add, the slices of a concat, the
 channels of a depthwise conv. Each group is named after its first conv or linear layer (in module
-order) and pruned to `keep` of its channels, rounded to a multiple of `round_to`. Groups that reach
-the network's output (the classifier), or cross a channel shuffle, a channel split or slice (sizes
-written in the code), are kept whole.
+order) and pruned to `keep` of its channels, rounded to a multiple of `round_to`; root channels that
+reach the same weights (see `graph`) are one unit, cut or kept together, and every conv / linear layer
+of a group keeps at least `round_to` of its own channels. Groups that reach the network's output (the
+classifier), or cross a channel shuffle, a channel split or slice (sizes written in the code), are kept
+whole. Layers the eval forward never calls are removed first (`drop_unused`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -88,6 +91,13 @@ class Probe:
     output_layers: set[nn.Module]
 
 
+def _tensors(out: object) -> list[torch.Tensor]:
+    """The tensors of a forward's output (a tensor, a tuple or list of them, or a dict)."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
 def probe(model: nn.Module, example_input: torch.Tensor) -> Probe:
     """Run `model` once on `example_input` with hooks on every layer holding parameters (and every conv / linear)."""
     called: set[nn.Module] = set()
@@ -108,19 +118,29 @@ def probe(model: nn.Module, example_input: torch.Tensor) -> Probe:
     finally:
         for h in hooks:
             h.remove()
-    outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+    outs = _tensors(out)
     return Probe(called, stages, {m for m, o in produced if any(o is t for t in outs)})
 
 
-def check_supported(model: nn.Module, seen: Probe) -> None:
-    """Refuse, naming the layer, what channel pruning cannot keep consistent: attention, token-mixing
-    parameters (positional embeddings, position-bias tables) and layers the forward pass never calls."""
+def _is_attention(module: nn.Module) -> bool:
+    """Self-attention (torch's MultiheadAttention, or an `...Attention` / attention pool module with query,
+    key and value projections, as timm's): its channels are heads and tokens, not conv channels."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    children = {n for n, _ in module.named_children()}
+    return bool(re.search(r"Attention|Attn", type(module).__name__)) and bool(children & {"qkv", "q", "kv"})
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse, naming the layer, what channel pruning cannot keep consistent: attention, and token-mixing
+    parameters (positional embeddings, position-bias tables)."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
+        if _is_attention(module):
             raise CompressError(
-                f"cannot prune layer '{name}' (MultiheadAttention): attention layers are not supported; "
+                f"cannot prune layer '{name}' ({type(module).__name__}): attention layers are not supported; "
                 "channel pruning here is for convolutional networks (low-rank factorization still applies)"
             )
+    for name, module in model.named_modules():
         if isinstance(module, _KNOWN_LAYERS):
             continue
         for pname, p in module.named_parameters(recurse=False):
@@ -130,21 +150,53 @@ def check_supported(model: nn.Module, seen: Probe) -> None:
                     f"'{pname}' of shape {tuple(p.shape)} mixes tokens or positions (an embedding or a position "
                     "bias table); channel pruning here is for convolutional networks"
                 )
+
+
+def drop_unused(model: nn.Module, example_input: torch.Tensor, seen: Probe) -> list[str]:
+    """Remove (set to None in their parent) the layers the eval forward never calls, such as auxiliary
+    training heads, and return their names. They are not part of the network that is pruned and exported,
+    and they could not be kept: their inputs would be pruned without them. Removal is checked: if the
+    output changes or the forward fails (weights used functionally), it is refused naming the layer."""
+    def unused(m: nn.Module) -> bool:
+        held = [x for x in m.modules() if any(True for _ in x.parameters(recurse=False))]
+        return bool(held) and not any(x in seen.called for x in held)
+
+    dropped = []
     for name, module in model.named_modules():
-        if module not in seen.called and any(True for _ in module.parameters(recurse=False)):
-            raise CompressError(
-                f"cannot prune layer '{name}' ({type(module).__name__}): the forward pass (eval mode) never calls "
-                "it, so its weights are used functionally or only in training (an auxiliary head?); remove it "
-                "or build the model without it"
-            )
+        if name and unused(module) and not any(name.startswith(d + ".") for d in dropped):
+            dropped.append(name)
+    if not dropped:
+        return []
+    with torch.no_grad():
+        before = model(example_input)
+        removed = {}
+        for name in dropped:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            removed[name] = getattr(parent, child)
+            setattr(parent, child, None)
+        try:
+            after = model(example_input)
+            same = all(torch.equal(a, b) for a, b in zip(_tensors(after), _tensors(before), strict=True))
+        except Exception:  # any failure: the removed weights were used after all
+            same = False
+    if not same:
+        name = dropped[0]
+        raise CompressError(
+            f"cannot prune layer '{name}' ({type(removed[name]).__name__}): the forward pass (eval mode) never "
+            "calls it, yet the network needs it (its weights are used functionally?); remove it or build the "
+            "model without it"
+        )
+    return dropped
 
 
 class ChannelGraph:
     """The dependency graph of one model and its prunable groups; `plan` ranks channels, `apply` cuts them."""
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, exclude: tuple[str, ...] = ()) -> None:
+        check_supported(model)
         seen = probe(model, example_input)
-        check_supported(model, seen)
+        self.dropped = drop_unused(model, example_input, seen)
         self.model = model
         with shuffles_as_gather(model):
             self.graph = build_graph(model, example_input, {ChannelShuffle: _ShufflePruner()})
@@ -182,7 +234,8 @@ class ChannelGraph:
             unit_of = {r: u for u, members in enumerate(units) for r in members}
             layer_units = [
                 frozenset(unit_of[r] for r in item.root_idxs) for item in group
-                if isinstance(item.dep.target.module, ROOT_TYPES) and self.graph.is_out_channel_pruning_fn(item.dep.handler)
+                if isinstance(item.dep.target.module, ROOT_TYPES)
+                and self.graph.is_out_channel_pruning_fn(item.dep.handler)
             ]
             info = PrunableGroup(name, len(units) * channel_groups, channel_groups,
                                  seen.stages.get(layers[0], "flat"), layer_names)
