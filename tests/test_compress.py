@@ -17,6 +17,7 @@ from spaces import RandomSuggest
 from spaces.compress import (
     CompressError, CompressSpace, CompressSpaceConfig, build_model, compress, load_checkpoint, prunable_groups,
 )
+from spaces.compress.graph import collect_group
 from spaces.compress.importance import make_importance
 from spaces.compress.lowrank import factorize_conv, factorize_linear, factorize_layers
 from spaces.compress.nets import tiny_resnet
@@ -78,19 +79,27 @@ def zero_consumers_then_prune(model: nn.Module, x: torch.Tensor, keep: float) ->
     consumers = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
     with torch.no_grad():
         for _, root, handler, idxs in plans:
-            for dep, ids in graph.graph.get_pruning_group(root, handler, idxs):
+            for dep, ids in collect_group(graph.graph, root, handler, idxs)[0]:
                 module = dep.target.module
-                if dep.handler in consumers and getattr(module, "groups", 1) == 1:
-                    module.weight[:, ids] = 0
+                if dep.handler not in consumers:
+                    continue
+                groups = getattr(module, "groups", 1)  # a grouped conv reads input c at column c % (in / groups)
+                per_in, per_out = module.weight.shape[1], module.weight.shape[0] // groups
+                for c in ids:
+                    module.weight[c // per_in * per_out:(c // per_in + 1) * per_out, c % per_in] = 0
         reference = net(x)
         graph.apply(plans)
         return reference, net(x)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet"])
+@pytest.mark.parametrize("name", [
+    "torchvision:resnet18", "torchvision:mobilenet_v3_small", "torchvision:shufflenet_v2_x0_5",
+    "torchvision:googlenet", "timm:ghostnet_100", "timm:skresnet18",
+    pytest.param("timm:resnest14d", marks=pytest.mark.slow), pytest.param("timm:dpn68", marks=pytest.mark.slow),
+])
 def test_pruned_network_equals_the_original_with_those_channels_silenced(name):
     torch.manual_seed(0)
-    model = build_model(f"torchvision:{name}", in_channels=3, num_classes=10, image_size=64).eval()
+    model = build_model(name, in_channels=3, num_classes=10, image_size=64).eval()
     for m in model.modules():  # non-trivial BatchNorm statistics, so a misplaced channel shows
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -279,9 +288,9 @@ def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path, content):
 
 
 def test_layers_the_eval_forward_never_calls_are_removed_and_the_rest_is_pruned(tmp_path):
-    model = build_model("torchvision:googlenet", in_channels=3, num_classes=10, image_size=64,
+    model = build_model("torchvision:googlenet", in_channels=3, num_classes=10, image_size=32,
                         kwargs={"aux_logits": True}).eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     small = compress(model, x, keep=0.5)
     assert small.aux1 is None and small.aux2 is None and model.aux1 is not None
     assert params(small) < 0.4 * params(model)
