@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +44,31 @@ def within(trials: list[FrozenTrial], start: dt.datetime, budget: float) -> list
     return [t for t in trials if t.datetime_complete is not None and t.datetime_complete <= end]
 
 
-def run_one(recipe: Path, mode: str, seed: int, args: argparse.Namespace, out: Path) -> list[FrozenTrial]:
-    """One study under the budget; its trials that finished inside it."""
+class LoadWatch:
+    """The highest 1-minute load average seen while a study ran (sampled every 5 s): other work on the machine
+    slows one study and not another, so the table shows it."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0.0, threading.Event()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(5.0):
+            self.peak = max(self.peak, os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadWatch":
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(
+    recipe: Path, mode: str, seed: int, args: argparse.Namespace, out: Path
+) -> tuple[list[FrozenTrial], float]:
+    """One study under the budget: its trials that finished inside it, and the peak load average meanwhile."""
     fidelity = [] if mode == "single" else [
         f"search.fidelity={{rungs: [{', '.join(f'{r:g}' for r in args.rungs)}], eta: {args.eta:g}, report: {mode}}}"
     ]
@@ -53,12 +78,14 @@ def run_one(recipe: Path, mode: str, seed: int, args: argparse.Namespace, out: P
         _, study = open_study(config.run_dir)
         if "benchmark_start" in study.user_attrs:  # a finished run of an earlier invocation
             start = dt.datetime.fromisoformat(study.user_attrs["benchmark_start"])
-            return within(study.get_trials(deepcopy=False), start, args.budget)
-    start = dt.datetime.now()
-    study = run_study(config, trials=1_000_000, timeout=args.budget, show_progress=False)
+            return within(study.get_trials(deepcopy=False), start, args.budget), study.user_attrs["benchmark_load"]
+    start, load = dt.datetime.now(), LoadWatch()
+    with load:
+        study = run_study(config, trials=1_000_000, timeout=args.budget, show_progress=False)
     study.set_user_attr("benchmark_start", start.isoformat())
+    study.set_user_attr("benchmark_load", load.peak)
     print(f"{name}: {sum(evaluated(t) for t in study.trials)} candidates", flush=True)
-    return within(study.get_trials(deepcopy=False), start, args.budget)
+    return within(study.get_trials(deepcopy=False), start, args.budget), load.peak
 
 
 def front_points(trials: list[FrozenTrial]) -> np.ndarray:
@@ -99,12 +126,14 @@ def main() -> None:
         args.overrides.append("train.epochs=2")
     with tempfile.TemporaryDirectory() as tmp:
         runs = args.runs or Path(tmp)
-        trials = {(mode, seed): run_one(args.recipe, mode, seed, args, runs)
-                  for seed in range(args.seeds) for mode in args.modes}
-        report(args, trials)
+        done = {(mode, seed): run_one(args.recipe, mode, seed, args, runs)
+                for seed in range(args.seeds) for mode in args.modes}
+        report(args, {k: v[0] for k, v in done.items()}, {k: v[1] for k, v in done.items()})
 
 
-def report(args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTrial]]) -> None:
+def report(
+    args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTrial]], loads: dict[tuple[str, int], float]
+) -> None:
     """Hypervolume, throughput and rank correlations per mode; table, plot and RESULTS.md section."""
     fronts = {k: front_points(v) for k, v in trials.items()}
     every = np.concatenate([f for f in fronts.values() if len(f)])
@@ -116,12 +145,14 @@ def report(args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTr
                for s in range(args.seeds)]
         per_hour = [sum(evaluated(t) for t in trials[(mode, s)]) * 3600 / args.budget for s in range(args.seeds)]
         top = [sum(TrialRecord.of(t).at_top and evaluated(t) for t in trials[(mode, s)]) for s in range(args.seeds)]
+        load = [loads[(mode, s)] for s in range(args.seeds)]
         hv_mean[mode] = statistics.fmean(hvs)
         rows.append({
             "mode": mode, "HV mean": f"{hv_mean[mode]:.4f}", "HV std": f"{statistics.pstdev(hvs):.4f}",
             "HV per seed": " ".join(f"{h:.4f}" for h in hvs),
             "vs single": f"{hv_mean[mode] / hv_mean['single']:.2f}×" if "single" in hv_mean else "",
             "candidates/h": f"{statistics.fmean(per_hour):.0f}", "at the top rung": " ".join(map(str, top)),
+            "peak load": " ".join(f"{x:.1f}" for x in load),
         })
         print(rows[-1], flush=True)
     corr_rows = []
@@ -142,7 +173,9 @@ def report(args: argparse.Namespace, trials: dict[tuple[str, int], list[FrozenTr
         f"multifidelity-{slug}", f"Multi-fidelity vs single-fidelity: {args.recipe.stem}{variant}",
         f"`{shown(args.recipe)}`{variant and ' with' + variant}; rungs {args.rungs} epochs, η {args.eta:g}; "
         f"{args.budget:g} s of wall-clock per study, {args.seeds} seeds, trials counted when they finished inside "
-        "it. `single`: every candidate gets the whole fine-tune; `reached`: the sampler sees a stopped candidate's "
+        "it; `peak load` is the highest 1-minute load average during each seed's study (a study keeps about 1-2 of "
+        "the cores busy; more means other work was running). `single`: every candidate gets the whole fine-tune; "
+        "`reached`: the sampler sees a stopped candidate's "
         "accuracy at its rung; `top`: stopped candidates are pruned trials. Hypervolume of the final front "
         "(top-rung candidates only), normalized by the box between the shared reference point (worst front "
         "accuracy, 1.01 × worst front latency over all runs) and (accuracy 1, latency 0); higher is better.\n\n"

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch_pruning as tp
 
 from evaluators.data import load_data
@@ -22,6 +23,7 @@ from spaces.compress import (
     load_checkpoint,
     prunable_groups,
 )
+from spaces.compress.graph import collect_group
 from spaces.compress.importance import make_importance
 from spaces.compress.lowrank import factorize_conv, factorize_layers, factorize_linear
 from spaces.compress.nets import tiny_resnet
@@ -84,19 +86,27 @@ def zero_consumers_then_prune(model: nn.Module, x: torch.Tensor, keep: float) ->
     consumers = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
     with torch.no_grad():
         for _, root, handler, idxs in plans:
-            for dep, ids in graph.graph.get_pruning_group(root, handler, idxs):
+            for dep, ids in collect_group(graph.graph, root, handler, idxs)[0]:
                 module = dep.target.module
-                if dep.handler in consumers and getattr(module, "groups", 1) == 1:
-                    module.weight[:, ids] = 0
+                if dep.handler not in consumers:
+                    continue
+                groups = getattr(module, "groups", 1)  # a grouped conv reads input c at column c % (in / groups)
+                per_in, per_out = module.weight.shape[1], module.weight.shape[0] // groups
+                for c in ids:
+                    module.weight[c // per_in * per_out:(c // per_in + 1) * per_out, c % per_in] = 0
         reference = net(x)
         graph.apply(plans)
         return reference, net(x)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet"])
+@pytest.mark.parametrize("name", [
+    "torchvision:resnet18", "torchvision:mobilenet_v3_small", "torchvision:shufflenet_v2_x0_5",
+    "torchvision:googlenet", "timm:ghostnet_100", "timm:skresnet18",
+    pytest.param("timm:resnest14d", marks=pytest.mark.slow), pytest.param("timm:dpn68", marks=pytest.mark.slow),
+])
 def test_pruned_network_equals_the_original_with_those_channels_silenced(name):
     torch.manual_seed(0)
-    model = build_model(f"torchvision:{name}", in_channels=3, num_classes=10, image_size=64).eval()
+    model = build_model(name, in_channels=3, num_classes=10, image_size=64).eval()
     for m in model.modules():  # non-trivial BatchNorm statistics, so a misplaced channel shows
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -188,8 +198,15 @@ def test_compress_refuses_clearly():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.body(x).mean((2, 3)))
 
-    with pytest.raises(CompressError, match="layer 'aux'.*never calls"):
-        compress(Unused(), torch.randn(1, 3, 8, 8), keep=0.5)
+    class Functional(Unused):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.body(x).mean((2, 3))
+            return self.head(features) + F.linear(features, self.aux.weight)
+
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(CompressError, match="layer 'aux'.*never calls it, yet the network needs it"):
+        compress(Functional(), x, keep=0.5)
+    assert compress(Unused(), x, keep=0.5).aux is None
     with pytest.raises(CompressError, match="unknown group"):
         compress(tiny_resnet(), torch.randn(1, 1, 8, 8), keep={"nope": 0.5})
 
@@ -275,3 +292,37 @@ def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path, content):
         torch.save(nn.Linear(2, 2), path)
     with pytest.raises(CompressError, match=r"base\.pt: not a readable state dict .* torch\.save\(model\.state_dict\(\)"):
         load_checkpoint(nn.Linear(2, 2), path)
+
+
+def test_layers_the_eval_forward_never_calls_are_removed_and_the_rest_is_pruned(tmp_path):
+    model = build_model("torchvision:googlenet", in_channels=3, num_classes=10, image_size=32,
+                        kwargs={"aux_logits": True}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    small = compress(model, x, keep=0.5)
+    assert small.aux1 is None and small.aux2 is None and model.aux1 is not None
+    assert params(small) < 0.4 * params(model)
+    with torch.no_grad():
+        assert small(x).shape == (2, 10)
+
+
+class ConcatThenDepthwise(nn.Module):
+    """Two convs concatenated into one depthwise conv: one group, whose channels come from two layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dw(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+def test_every_layer_of_a_group_keeps_at_least_round_to_of_its_channels():
+    model = ConcatThenDepthwise().eval()
+    with torch.no_grad():
+        model.a.weight.mul_(1e-3)  # all of a's channels rank below all of b's
+    x = torch.randn(2, 3, 8, 8)
+    small = compress(model, x, keep=0.5)
+    assert (small.a.out_channels, small.b.out_channels, small.dw.out_channels) == (8, 8, 16)
+    assert small(x).shape == (2, 10)

@@ -42,12 +42,17 @@ def test_keep_half_runs_and_exports_or_refuses_naming_the_layer(name, tmp_path):
         with pytest.raises(CompressError, match=r"cannot prune layer '[\w.]+' \(\w+\)"):
             compress(model, x, keep=0.5)
         return
+    assert_compresses_and_matches_onnx_runtime(model, x, tmp_path / f"{name}.onnx")
+
+
+def assert_compresses_and_matches_onnx_runtime(model: nn.Module, x: torch.Tensor, path) -> None:
+    """keep=0.5 cuts the parameters, keeps 10 outputs, and the exported ONNX model gives PyTorch's output."""
     small = compress(model, x, keep=0.5)
     assert params(small) < 0.75 * params(model)
     with torch.no_grad():
         expected = small(x).numpy()
-    assert expected.shape == (2, 10)
-    path = export_onnx(small, (3, size, size), tmp_path / f"{name}.onnx", dynamic_batch=True)
+    assert expected.shape == (x.shape[0], 10)
+    path = export_onnx(small, tuple(x.shape[1:]), path, dynamic_batch=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     scale = max(1.0, float(np.abs(expected).max()))

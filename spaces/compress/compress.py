@@ -100,7 +100,9 @@ def compress(
     their group's mean (see `importance.py`) — so groups lose different amounts (`global_keep_ratios`).
     Channel counts are rounded to a multiple of `round_to` (at least one); the lowest-ranked channels by
     `importance` (`l1`, `bn_scale` or `taylor`, which needs a `calibration` batch of inputs and labels) go.
-    Groups named in (or containing a layer named in) `exclude` are not pruned.
+    Groups named in (or containing a layer named in) `exclude` are not pruned. When pruning, layers the
+    eval-mode forward never calls (auxiliary heads) are removed from the copy, checked to leave the output
+    unchanged.
     `rank`: rank ratios for low-rank factorization — one for every factorizable layer, or a mapping
     from layer name to ratio; applied after pruning, only where it saves parameters. `form`: how a k×k
     conv is factorized, `spatial` (default) or `tucker2` — one for every k×k conv in `rank`, or a

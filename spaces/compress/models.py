@@ -1,4 +1,4 @@
-"""Base networks by name: any torchvision classification model, or any `module:callable`, with a checkpoint."""
+"""Base networks by name: any torchvision or timm classification model, or any `module:callable`, with a checkpoint."""
 
 from __future__ import annotations
 
@@ -49,6 +49,32 @@ def torchvision_model(name: str, num_classes: int, image_size: int, kwargs: dict
         raise CompressError(f"base model 'torchvision:{name}' with arguments {args}: {exc}") from None
 
 
+def timm_names() -> list[str]:
+    """Every timm model architecture name."""
+    import timm
+
+    return timm.list_models()
+
+
+def timm_model(name: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]) -> nn.Module:
+    """timm model `name` with random weights (`pretrained=False`: the hub is never asked) for this data;
+    models with a fixed input size (ViT, Swin, ...) are sized for `image_size`."""
+    import timm
+    from timm.models import get_pretrained_cfg, is_model
+
+    if not is_model(name):
+        close = difflib.get_close_matches(name, timm_names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise CompressError(f"unknown timm model {name!r}{hint}")
+    cfg = get_pretrained_cfg(name)
+    args: dict[str, Any] = {"img_size": image_size} if cfg is not None and cfg.fixed_input_size else {}
+    args.update(kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **args)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise CompressError(f"base model 'timm:{name}' with arguments {args}: {exc}") from None
+
+
 def callable_model(
     target: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]
 ) -> nn.Module:
@@ -89,15 +115,20 @@ def adapt_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
 def build_model(
     name: str, *, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any] | None = None
 ) -> nn.Module:
-    """A base network from `torchvision:NAME` or `package.module:callable`, random weights, for this data."""
+    """A base network from `torchvision:NAME`, `timm:NAME` or `package.module:callable`, random weights,
+    for this data."""
     kwargs = dict(kwargs or {})
     prefix, sep, rest = name.partition(":")
     if not sep or not prefix or not rest:
-        raise CompressError(f"base model {name!r}: expected 'torchvision:NAME' or 'package.module:callable'")
+        raise CompressError(
+            f"base model {name!r}: expected 'torchvision:NAME', 'timm:NAME' or 'package.module:callable'"
+        )
     if prefix == "torchvision":
         model = torchvision_model(rest, num_classes, image_size, kwargs)
         if in_channels != 3:
             adapt_in_channels(model, in_channels)
+    elif prefix == "timm":
+        model = timm_model(rest, in_channels, num_classes, image_size, kwargs)
     else:
         model = callable_model(name, in_channels, num_classes, image_size, kwargs)
     return model

@@ -30,7 +30,9 @@ class BaseNetworkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="torchvision:NAME (random init, no download) or package.module:callable")
+    model: str = Field(
+        description="torchvision:NAME or timm:NAME (random init, no download) or package.module:callable"
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the model constructor")
     checkpoint: str | None = Field(None, description="state dict to start from; null: the study trains the base")
     epochs: float = Field(10.0, gt=0, description="training of the base when there is no checkpoint")
