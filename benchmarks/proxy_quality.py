@@ -38,7 +38,7 @@ def score(ctx, scoring, candidate, epochs: float, seed: int) -> float:
     scoring.prepare(model, seed)
     if epochs == 0:
         return evaluate(model, scoring.validation(seed))
-    tune = scoring.fine_tune(model, seed, epochs)
+    tune = scoring.fine_tune(model, seed, epochs, candidate)
     tune.run_to(epochs)
     return tune.accuracy()
 

@@ -115,7 +115,7 @@ def _top_rung(scoring: Scoring, model: nn.Module, candidate: dict[str, Any], see
     promotion to the top would have continued (the same plan and seed); its export and validation accuracy."""
     torch.manual_seed(seed)
     scoring.prepare(model, seed)
-    scoring.fine_tune(model, seed).run_to(scoring.config.train.epochs)
+    scoring.fine_tune(model, seed, candidate=candidate).run_to(scoring.config.train.epochs)
     exported = ExportedModel(model, scoring.data.input_shape, folder)
     return exported, scoring.accuracy(model, exported, candidate, val)
 
@@ -153,7 +153,7 @@ def export_trial(
                         "precision": scoring.accuracy_precision(candidate)}
         if finetune_epochs:
             say(f"fine-tuning trial #{trial.number} for {finetune_epochs:g} more epoch(s)")
-            scoring.fine_tune(model, seed, finetune_epochs).run_to(finetune_epochs)
+            scoring.fine_tune(model, seed, finetune_epochs, candidate).run_to(finetune_epochs)
             exported = ExportedModel(model, ctx.data.input_shape, Path(tmp) / "fine-tuned")
             accuracy["before_fine_tune"], measured = measured, scoring.accuracy(model, exported, candidate, val)
         accuracy.update(validation=measured, test=scoring.accuracy(model, exported, candidate, test),

@@ -67,7 +67,7 @@ class Objective:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         candidate = self.space.sample(OptunaSuggest(trial))
-        record.save(trial, candidate=candidate)
+        record.save(trial, candidate=candidate, **self.scoring.candidate_fields(candidate))
         torch.manual_seed(seed)  # a network trained from scratch starts from the same weights in any process
         model = self.space.build(candidate)
         seconds["build"] = time.perf_counter() - t0
@@ -110,7 +110,7 @@ class Objective:
             t = time.perf_counter()
             torch.manual_seed(seed)
             record.save(trial, **scoring.prepare(model, seed))
-            tune = scoring.fine_tune(model, seed)
+            tune = scoring.fine_tune(model, seed, candidate=candidate)
             tune.run_to(self.config.train.epochs)
             exported = ExportedModel(model, self.ctx.data.input_shape, tmp)
             record.save(trial, **scoring.score(exported, candidate, tune.accuracy(), scoring.validation(seed)),

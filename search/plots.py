@@ -1,6 +1,7 @@
-"""The pictures of a study's front: pareto.png (matplotlib) and pareto.html (plotly), drawn from one list of
+"""The pictures of a study: its front as pareto.png (matplotlib) and pareto.html (plotly), drawn from one list of
 point groups — trials (by the rung they reached, in a multi-fidelity study), provisional ones, infeasible ones,
-the base network and the front."""
+the base network and the front; and a compression study's BatchNorm scales before and after sparsity training
+(gamma.png)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 RUNG_COLOURS = ("#b8c4cf", "#7fa7c9", "#3f7cac", "#1d4e89", "#0b2545")
@@ -94,3 +96,34 @@ def plot_html(df: pd.DataFrame, fr: pd.DataFrame, path: Path, title: str, base: 
                                  hovertemplate="base<br>acc %{y:.4f}<br>%{x:.4f} ms<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="latency, median ms", yaxis_title="accuracy (validation)")
     fig.write_html(path, include_plotlyjs=True)
+
+
+def plot_gamma(before: np.ndarray, after: dict[float, np.ndarray], path: Path, title: str, small: float) -> None:
+    """gamma.png: histograms of |γ| on a log scale, before sparsity training and after it at each λ (one panel per
+    λ), the share below `small` in the legend and a line at `small`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = small / 100  # a |γ| of exactly 0 is drawn at the left edge
+    every = np.concatenate([before, *after.values()])
+    bins = np.logspace(np.log10(floor), np.log10(max(float(every.max(initial=1.0)), small) * 1.5), 60)
+    fig, axes = plt.subplots(1, len(after), figsize=(4.2 * len(after), 3.4), dpi=120, squeeze=False, sharey=True)
+    for ax, (l1, scales) in zip(axes[0], after.items()):
+        for values, label, colour in ((before, "before", "#9aa5b1"), (scales, f"after, λ={l1:g}", "#d1495b")):
+            share = float((values < small).mean()) if len(values) else 0.0
+            ax.hist(np.clip(values, floor, None), bins=bins, histtype="stepfilled" if label == "before" else "step",
+                    color=colour, alpha=0.6 if label == "before" else 1.0, lw=1.4,
+                    label=f"{label}: {share:.0%} below {small:g}")
+        ax.axvline(small, color="#2e4057", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("|γ| (BatchNorm scale)")
+        ax.set_title(f"λ = {l1:g}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("channels")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

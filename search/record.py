@@ -20,6 +20,7 @@ class TrialRecord:
     """What one trial measured. Every field is optional: a trial stores what it got to."""
 
     candidate: dict[str, Any] | None = None  # the JSON that rebuilds the network (`space.build`)
+    base_l1: float | None = None  # compress space with sparsity training: λ of the base it was cut from
     macs: int | None = None  # fvcore, one image
     flops: int | None = None
     params: int | None = None

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from search.scoring.sparsity import SMALL
 
 
 def _num(value: object, fmt: str) -> str:
@@ -74,6 +78,25 @@ def rung_summary(df: pd.DataFrame, rungs: list[float]) -> str:
         label = f"rung {i} ({epochs:g} ep{', top' if i == len(rungs) - 1 else ''}): {scored}"
         parts.append(label + (f" (+{training} training)" if training else ""))
     return "candidates scored per rung — " + ", ".join(parts)
+
+
+def print_sparsity(console: Console, record: dict[str, Any] | None, run_dir: Path) -> None:
+    """A compression study's sparsity training (its `sparsity` attribute; nothing without one): the |γ| median and
+    share below `SMALL` before, and after at each λ with the sparsity-trained base's accuracy; the histogram."""
+    if record:
+        console.print("\n".join([*_sparsity_lines(record), f"  histogram: {run_dir / record['plot']}"]),
+                      highlight=False)
+
+
+def _sparsity_lines(record: dict[str, Any]) -> list[str]:
+    small = f"below_{SMALL:g}"
+    before = record["before"]
+    lines = [f"sparsity training: {record['epochs']:g} epoch(s) at lr {record['lr']:g}, L1 on BatchNorm scales; "
+             f"|γ| before: median {before['p50']:.3g}, {before[small]:.0%} below {SMALL:g}"]
+    for l1, after in record["after"].items():
+        lines.append(f"  λ={l1}: |γ| median {after['p50']:.3g}, {after[small]:.0%} below {SMALL:g}; "
+                     f"accuracy {after['accuracy']:.4f} ({after['checkpoint']})")
+    return lines
 
 
 def print_summary(console: Console, df: pd.DataFrame, hv: float, ref: float, rungs: list[float] | None = None) -> None:

@@ -65,7 +65,7 @@ class RungObjective(Objective):
         saved = checkpoints.load(run_dir, root)
         exported: ExportedModel | None = None
         if saved is not None and inherited.latency and len(inherited.rungs or []) == saved[0] + 1:
-            tune = scoring.fine_tune(model, seed)
+            tune = scoring.fine_tune(model, seed, candidate=candidate)
             tune.load_state_dict(saved[1])
             results = list(inherited.rungs)
             stats = LatencyStats(**inherited.latency)
@@ -87,7 +87,7 @@ class RungObjective(Objective):
                 record.save(trial, accuracy=evaluate(model, scoring.validation(seed)), rung=0, top_rung=top, rungs=[],
                             stopped=f"over the {' and '.join(over)} constraint: stopped untrained")
                 return exported, stats
-            tune = scoring.fine_tune(model, seed)
+            tune = scoring.fine_tune(model, seed, candidate=candidate)
         seconds["train"] = sum(r["seconds"] for r in results)
         for rung in range(len(results), top + 1 if go_on else 0):
             record.save(trial, rung=rung, top_rung=top)

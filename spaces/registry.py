@@ -24,7 +24,8 @@ class Space:
     - `anchors(levels)`: Optuna parameters of candidates a new study evaluates first (default: none);
     - `units(candidate)`, `all_units()`, `unit_module(unit)`: a candidate's units (what a latency table is keyed
       by), every unit the space can produce, and the module of one — where `lists_units` says it has them;
-    - `teacher`: a trained network candidates may distil from (default: none).
+    - `teacher`: a trained network candidates may distil from (default: none); `teacher_for(candidate)`: the one
+      that candidate distils from (default: `teacher`).
     """
 
     name: ClassVar[str]
@@ -44,6 +45,9 @@ class Space:
 
     def anchors(self, levels: int) -> list[dict[str, Any]]:
         return []
+
+    def teacher_for(self, candidate: Candidate) -> nn.Module | None:
+        return self.teacher
 
     def units(self, candidate: Candidate) -> list[Unit]:
         raise NotImplementedError(f"the {self.name!r} space does not list its units")

@@ -8,7 +8,7 @@ from pathlib import Path
 from search.commands.common import console
 from search.front import hypervolume
 from search.pareto import default_reference, front, trials_frame, write_reports
-from search.report import rung_summary, trials_table
+from search.report import print_sparsity, rung_summary, trials_table
 from search.study import open_study
 from spaces import get_space
 
@@ -27,6 +27,7 @@ def show_front(run_dir: Path) -> None:
     if df.empty or not (df["state"] == "COMPLETE").any():
         console.print(f"{run_dir}: no completed trials yet")
         return
+    print_sparsity(console, study.user_attrs.get("sparsity"), run_dir)
     fr = front(df)
     ref = default_reference(df)
     hv = hypervolume(fr["accuracy"], fr["latency_ms"], ref)

@@ -8,7 +8,7 @@ from pathlib import Path
 from search.commands.common import console
 from search.front import hypervolume
 from search.pareto import default_reference, trials_frame
-from search.report import print_summary, trials_table
+from search.report import print_sparsity, print_summary, trials_table
 from search.study import open_study
 from spaces import get_space
 
@@ -33,4 +33,5 @@ def run(args: argparse.Namespace) -> int:
     fidelity = config.search.fidelity
     print_summary(console, df, hypervolume(fr["accuracy"], fr["latency_ms"], ref), ref,
                   fidelity.rungs if fidelity else None)
+    print_sparsity(console, study.user_attrs.get("sparsity"), args.run_dir)
     return 0

@@ -8,7 +8,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -54,24 +54,33 @@ def base_settings(config: StudyConfig) -> TrainSettings:
     )
 
 
-def _train_or_load(config: StudyConfig, data: DataBundle, model: nn.Module) -> Path:
-    """Load `runs/NAME/base.pt`, or train the base and write it there (atomically) first."""
-    path = config.run_dir / BASE_FILE
-    wanted = _provenance(config, data)
-    with locked(config.run_dir / "base.lock"):  # worker processes of one study train the base once
+def cached_training(
+    path: Path, wanted: dict[str, Any], model: nn.Module, train: Callable[[nn.Module], object]
+) -> bool:
+    """Load `path` into `model` where it holds weights trained as `wanted` says; else `train(model)` and write them
+    there (atomically) first. Worker processes of one study train each network once. Returns whether it trained."""
+    with locked(path.parent / "base.lock"):
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("provenance") != wanted:
                 raise UsageError(
-                    f"{path} holds a base trained as {saved.get('provenance')}, but the recipe asks for {wanted}; "
+                    f"{path} holds a network trained as {saved.get('provenance')}, but the recipe asks for {wanted}; "
                     "delete it or start a new study (--set name=...)"
                 )
             load_checkpoint(model, path)
-            return path
-        train_model(model, data, base_settings(config), seed=config.seed)
+            return False
+        train(model)
         tmp = path.with_suffix(".tmp")
         torch.save({"state_dict": model.state_dict(), "provenance": wanted}, tmp)
         os.replace(tmp, path)
+    return True
+
+
+def _train_or_load(config: StudyConfig, data: DataBundle, model: nn.Module) -> Path:
+    """Load `runs/NAME/base.pt`, or train the base and write it there first."""
+    path = config.run_dir / BASE_FILE
+    cached_training(path, _provenance(config, data), model,
+                    lambda m: train_model(m, data, base_settings(config), seed=config.seed))
     return path
 
 

@@ -16,6 +16,7 @@ from search.config import StudyConfig
 from search.errors import UsageError
 from search.scoring.base_network import prepare_base, recorded_base
 from search.scoring.scoring import Scoring, register_scoring
+from search.scoring.sparsity import sparsity_record, sparsity_train
 from spaces import Candidate
 
 if TYPE_CHECKING:
@@ -51,16 +52,27 @@ class CompressedScoring(Scoring):
 
     @classmethod
     def space_inputs(cls, config: StudyConfig, data: DataBundle) -> dict[str, Any]:
-        """The trained base network (from its checkpoint, or trained once in the study) and a labelled batch
-        for the `taylor` importance."""
+        """The trained base network (from its checkpoint, or trained once in the study), a labelled batch
+        for the `taylor` importance, and with `space.base.sparsity` the base sparsity-trained at each λ."""
         base = prepare_base(config, data)
-        return {"base": base.model, "checkpoint": base.checkpoint, "calibration": base.calibration}
+        sparse = sparsity_train(config, data, base.model) if config.space.base.sparsity is not None else {}
+        return {"base": base.model, "checkpoint": base.checkpoint, "calibration": base.calibration, "sparse": sparse}
 
     def attach(self, study: optuna.Study) -> None:
-        """The study's `base` attribute, measured and stored by the first process that needs it."""
+        """The study's `base` attribute (and `sparsity`, with sparsity-trained bases), measured and stored by the
+        first process that needs it."""
         if self.base is None:
             space = self.ctx.space
             self.base = recorded_base(study, self.config, self.data, self.ctx.backend, space.base, space.base_spec)
+            if space.sparse and "sparsity" not in study.user_attrs:
+                study.set_user_attr(
+                    "sparsity", sparsity_record(self.config, space.base, space.sparse, self.validation(self.config.seed))
+                )
+
+    def candidate_fields(self, candidate: Candidate) -> dict[str, Any]:
+        """`base_l1`: the λ of the sparsity-trained base the candidate was cut from (None without sparsity)."""
+        l1 = candidate.get("base", {}).get("l1")
+        return {} if l1 is None else {"base_l1": l1}
 
     def precision(self, candidate: Candidate) -> str:
         return candidate.get("precision", "fp32")

@@ -74,6 +74,10 @@ class Scoring:
             )
         return self._calibration
 
+    def candidate_fields(self, candidate: Candidate) -> dict[str, Any]:
+        """Record fields that follow from the candidate alone (none here)."""
+        return {}
+
     def prepare(self, model: nn.Module, seed: int) -> dict[str, float]:
         """Make a freshly built model ready to fine-tune; returns what that measured (record fields)."""
         return {}
@@ -88,11 +92,15 @@ class Scoring:
                 "scored after adaptive BN)"
             )
 
-    def fine_tune(self, model: nn.Module, seed: int, epochs: float | None = None) -> FineTune:
-        """A fine-tune of `model` planned for `epochs` (default `train.epochs`), distilled from the space's
-        teacher where the recipe asks for it."""
+    def fine_tune(
+        self, model: nn.Module, seed: int, epochs: float | None = None, candidate: Candidate | None = None
+    ) -> FineTune:
+        """A fine-tune of `model` planned for `epochs` (default `train.epochs`), distilled where the recipe asks for
+        it from the space's teacher for `candidate` (without one, the space's teacher)."""
         settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
-        return FineTune(model, self.data, settings, seed=seed, teacher=self.ctx.space.teacher)
+        space = self.ctx.space
+        teacher = space.teacher if candidate is None else space.teacher_for(candidate)
+        return FineTune(model, self.data, settings, seed=seed, teacher=teacher)
 
     def validation(self, seed: int) -> Split:
         """The validation images a candidate is scored on."""

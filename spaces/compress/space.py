@@ -9,87 +9,21 @@ and `build(candidate)` cuts the same network from the same base weights anywhere
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from spaces.compress.compress import compress, factorizable_layers, prunable_groups
+from spaces.compress.config import CompressSpaceConfig
 from spaces.compress.errors import CompressError
 from spaces.compress.lowrank import form_params, kxk_conv
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
 from spaces.registry import Candidate, Space, register_space
 from spaces.suggest import Suggest
-
-
-class BaseNetworkConfig(BaseModel):
-    """The trained network to compress: a model by name, and its weights (a checkpoint, or trained in the study)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(
-        description="torchvision:NAME or timm:NAME (random init, no download) or package.module:callable"
-    )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the model constructor")
-    checkpoint: str | None = Field(None, description="state dict to start from; null: the study trains the base")
-    epochs: float = Field(10.0, gt=0, description="training of the base when there is no checkpoint")
-    lr: float = Field(0.1, gt=0, description="peak learning rate of the base training")
-
-
-def _check_range(value: tuple[float, float], step: float | None) -> None:
-    low, high = value
-    if not 0 < low <= high <= 1:
-        raise ValueError("expected low, high with 0 < low <= high <= 1")
-    n = (high - low) / step if step else 0
-    if abs(n - round(n)) > 1e-6:
-        raise ValueError(f"high - low ({high - low:g}) must be a multiple of its step ({step:g})")
-
-
-class CompressSpaceConfig(BaseModel):
-    """Recipe section `space:` for `type: compress`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["compress"] = "compress"
-    base: BaseNetworkConfig
-    policy: list[Literal["group", "global"]] = Field(
-        default_factory=lambda: ["group"], min_length=1,
-        description="group: a keep ratio per group (as granularity says); global: one share of all channels, "
-                    "cut at one threshold of importance across groups; several are searched",
-    )
-    granularity: Literal["group", "stage", "global"] = Field(
-        "group", description="one keep (and rank) ratio per prunable group / per stage (resolution) / for all"
-    )
-    keep_step: float = Field(0.05, gt=0)
-    keep: tuple[float, float] = Field((0.2, 1.0), description="[low, high] share of channels a group keeps")
-    importance: list[Literal["l1", "bn_scale", "taylor"]] = Field(default_factory=lambda: ["l1"], min_length=1)
-    rank_step: float = Field(0.125, gt=0)
-    rank: tuple[float, float] | None = Field(None, description="[low, high] rank ratios; 1 = not factorized")
-    rank_forms: list[Literal["spatial", "tucker2"]] = Field(
-        default_factory=lambda: ["spatial"], min_length=1,
-        description="how a k×k conv is factorized: spatial SVD (k×1, 1×k) or Tucker-2 (1×1, k×k, 1×1); several "
-                    "are searched per layer (as granularity says)",
-    )
-    precision: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
-    round_to: int = Field(8, ge=1, description="channel counts and ranks are multiples of this")
-    exclude: list[str] = Field(default_factory=list, description="groups (or layers) never pruned")
-
-    @field_validator("policy", "importance", "rank_forms", "precision")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("each choice may be listed once")
-        return value
-
-    @field_validator("keep", "rank")
-    @classmethod
-    def _range(cls, value: tuple[float, float] | None, info: ValidationInfo) -> tuple[float, float] | None:
-        if value is not None:
-            _check_range(value, info.data.get(f"{info.field_name}_step"))
-        return value
 
 
 def _round(value: float) -> float:
@@ -106,9 +40,11 @@ class CompressSpace(Space):
         self, config: CompressSpaceConfig, *, in_channels: int, num_classes: int, image_size: int,
         base: nn.Module | None = None, checkpoint: str | Path | None = None,
         calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+        sparse: dict[float, tuple[nn.Module, str | Path]] | None = None,
     ) -> None:
         """`base`: the trained network (else built from `config.base` and its checkpoint); `calibration`: a
-        labelled training batch for the `taylor` importance."""
+        labelled training batch for the `taylor` importance; `sparse`: the base sparsity-trained at each λ of
+        `config.base.sparsity`, with its checkpoint — candidates are then cut from these."""
         self.config = config
         if base is None:
             checkpoint = checkpoint or config.base.checkpoint
@@ -129,13 +65,53 @@ class CompressSpace(Space):
             "model": config.base.model, "kwargs": config.base.kwargs,
             "checkpoint": str(checkpoint) if checkpoint else None, "sha256": fingerprint(self.base),
         }
+        self.sparse = self._sparse_bases(sparse or {})
         self.groups = prunable_groups(self.base, self.example_input, config.exclude)
         self.rank_layers = self._rank_layers() if config.rank else {}
 
+    def _sparse_bases(
+        self, given: dict[float, tuple[nn.Module, str | Path]]
+    ) -> dict[float, tuple[nn.Module, dict[str, Any]]]:
+        """λ → the base sparsity-trained at λ and the spec its candidates record."""
+        wanted = self.config.base.sparsity
+        if wanted is None:
+            if given:
+                raise CompressError("sparsity-trained bases were given, but the recipe has no space.base.sparsity")
+            return {}
+        missing = [l1 for l1 in wanted.lambdas if l1 not in given]
+        if missing:
+            raise CompressError(
+                f"space.base.sparsity: no sparsity-trained base for λ {', '.join(f'{v:g}' for v in missing)}; "
+                "`slimsearch run` trains them (base-l1-λ.pt in the run directory)"
+            )
+        out = {}
+        for l1 in wanted.lambdas:
+            model, path = given[l1]
+            out[l1] = (model.eval(), {**self.base_spec, "checkpoint": str(path), "sha256": fingerprint(model),
+                                      "l1": l1})
+        return out
+
     @property
     def teacher(self) -> nn.Module:
-        """Candidates distil from the base they were cut from."""
+        """The base network as trained (before any sparsity training)."""
         return self.base
+
+    def teacher_for(self, candidate: Candidate) -> nn.Module:
+        """Candidates distil from the base they were cut from."""
+        return self._source(candidate)
+
+    def _source(self, candidate: Candidate) -> nn.Module:
+        """The base `candidate` was cut from, found by the SHA-256 of its weights."""
+        held = {self.base_spec["sha256"]: (self.base, self.base_spec)}
+        held.update({spec["sha256"]: (model, spec) for model, spec in self.sparse.values()})
+        made_from = candidate.get("base", {}).get("sha256")
+        if made_from not in held:
+            have = ", ".join(f"{sha[:12]}… ({spec['checkpoint']})" for sha, (_, spec) in held.items())
+            raise CompressError(
+                f"candidate was made from base weights {str(made_from)[:12]}…, this space holds {have}; "
+                "rebuild it with its own base"
+            )
+        return held[made_from][0]
 
     def _rank_layers(self) -> dict[str, str]:
         """Factorizable layers that would save parameters at the lowest rank ratio searched (in one of the
@@ -158,8 +134,12 @@ class CompressSpace(Space):
     def sample(self, suggest: Suggest) -> Candidate:
         """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`;
         `keep.global` where the recipe lists the global policy, `policy` and `form.<layer>` where it lists
-        several policies or forms)."""
+        several policies or forms, `base.l1` where it sparsity-trains several bases)."""
         cfg = self.config
+        spec = self.base_spec
+        if self.sparse:
+            lambdas = list(self.sparse)
+            spec = self.sparse[suggest.categorical("base.l1", lambdas) if len(lambdas) > 1 else lambdas[0]][1]
         importance = suggest.categorical("importance", cfg.importance) if len(cfg.importance) > 1 else cfg.importance[0]
         policy = suggest.categorical("policy", cfg.policy) if len(cfg.policy) > 1 else cfg.policy[0]
         if policy == "global":
@@ -183,7 +163,7 @@ class CompressSpace(Space):
             form = self._sample_forms(suggest, {layer: rkeys[layer] for layer in rank})
         precision = suggest.categorical("precision", cfg.precision) if len(cfg.precision) > 1 else cfg.precision[0]
         return {
-            "space": "compress", "base": dict(self.base_spec), "importance": importance, "round_to": cfg.round_to,
+            "space": "compress", "base": dict(spec), "importance": importance, "round_to": cfg.round_to,
             "policy": policy, "keep": keep, "rank": rank, "form": form, "precision": precision,
         }
 
@@ -203,7 +183,7 @@ class CompressSpace(Space):
         factorization, the first importance criterion and form, at each precision. Uniform pruning is a strong
         front (benchmarks/RESULTS.md, searched vs uniform); starting from it, the sampler spends its budget on
         policies that beat it rather than on finding it. A recipe whose only policy is `global` gets the same
-        shares as global thresholds."""
+        shares as global thresholds. With several sparsity-trained bases, each gets the anchors."""
         cfg = self.config
         low, high = cfg.keep
         steps = round((high - low) / cfg.keep_step)
@@ -216,30 +196,34 @@ class CompressSpace(Space):
         form_keys = dict.fromkeys(
             key for layer, key in self._keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
         ) if cfg.rank is not None and cfg.rank[1] < 1 and len(cfg.rank_forms) > 1 else {}
+        bases: list[dict[str, Any]] = [{"base.l1": l1} for l1 in self.sparse] if len(self.sparse) > 1 else [{}]
         anchors = []
-        for precision in cfg.precision:
-            for ratio in ratios:
-                params: dict[str, Any] = {f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio}
-                if len(cfg.policy) > 1:
-                    params["policy"] = "group"
-                params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
-                params.update({f"form.{k}": cfg.rank_forms[0] for k in form_keys})
-                if len(cfg.importance) > 1:
-                    params["importance"] = cfg.importance[0]
-                if len(cfg.precision) > 1:
-                    params["precision"] = precision
-                anchors.append(params)
+        for base, precision, ratio in itertools.product(bases, cfg.precision, ratios):
+            params: dict[str, Any] = {**base}
+            params.update({f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio})
+            if len(cfg.policy) > 1:
+                params["policy"] = "group"
+            params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
+            params.update({f"form.{k}": cfg.rank_forms[0] for k in form_keys})
+            if len(cfg.importance) > 1:
+                params["importance"] = cfg.importance[0]
+            if len(cfg.precision) > 1:
+                params["precision"] = precision
+            anchors.append(params)
         return anchors
 
     @staticmethod
     def describe(candidate: Candidate) -> str:
         """One line per candidate, e.g. `l1 keep 0.62 [0.25–1.00] | rank 0.50 ×3 | int8`,
-        `bn_scale global keep 0.60 | rank 0.50 ×3 tucker2 ×2 | fp32`."""
+        `bn_scale global keep 0.60 | rank 0.50 ×3 tucker2 ×2 | fp32`; a candidate cut from a sparsity-trained base
+        starts with its λ, `base λ=0.001 | bn_scale global keep 0.40 | fp32`."""
         keep = list(candidate["keep"].values()) or [1.0]
+        l1 = candidate.get("base", {}).get("l1")
+        parts = [] if l1 is None else [f"base λ={l1:g}"]
         if candidate.get("policy", "group") == "global":
-            parts = [f"{candidate['importance']} global keep {keep[0]:.2f}"]
+            parts.append(f"{candidate['importance']} global keep {keep[0]:.2f}")
         else:
-            parts = [f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]"]
+            parts.append(f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]")
         if candidate.get("rank"):
             ranks = list(candidate["rank"].values())
             tucker = sum(f == "tucker2" for f in (candidate.get("form") or {}).values())
@@ -251,12 +235,7 @@ class CompressSpace(Space):
         """The base pruned and factorized as `candidate` says; equal candidates give equal networks."""
         if candidate.get("space") != "compress":
             raise CompressError(f"not a compress candidate (space {candidate.get('space')!r})")
-        made_from = candidate.get("base", {}).get("sha256")
-        if made_from != self.base_spec["sha256"]:
-            raise CompressError(
-                f"candidate was made from base weights {str(made_from)[:12]}…, this space holds "
-                f"{self.base_spec['sha256'][:12]}… ({self.base_spec['checkpoint']}); rebuild it with its own base"
-            )
+        source = self._source(candidate)
         policy = candidate.get("policy", "group")
         keep = candidate["keep"]
         if policy == "global":
@@ -264,7 +243,7 @@ class CompressSpace(Space):
                 raise CompressError(f'candidate keep: the global policy holds one share as {{"*": share}}, got {keep}')
             keep = float(keep["*"])
         return compress(
-            self.base, self.example_input, keep=keep, rank=candidate.get("rank") or None,
+            source, self.example_input, keep=keep, rank=candidate.get("rank") or None,
             round_to=int(candidate.get("round_to", self.config.round_to)), importance=candidate["importance"],
             calibration=self.calibration, exclude=self.config.exclude, policy=policy,
             form=candidate.get("form") or None,

@@ -1,0 +1,130 @@
+"""The recipe section of the `compress` space (`space:` with `type: compress`): the base network, its optional
+sparsity training, and the ranges of the policies searched."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+SPARSITY_KEYS = {"l1": "λ or a list of λ", "epochs": "at least 1", "lr": "peak learning rate"}
+
+
+class SparsityConfig(BaseModel):
+    """Recipe section `space.base.sparsity:`: Network Slimming's sparsity training of the base before the study —
+    `epochs` more of training with λ·Σ|γ| on every BatchNorm scale, one sparsity-trained base per λ."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    l1: float | list[float] = Field(description="λ, the weight of the L1 penalty on BatchNorm scales; a list: one "
+                                                "sparsity-trained base per λ, and the study searches which to cut")
+    epochs: float = Field(5.0, description="epochs of sparsity training, at least 1")
+    lr: float = Field(0.01, gt=0, description="peak learning rate of the sparsity training")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a mapping such as {{l1: 1.0e-4, epochs: 5, lr: 0.01}}, got {raw!r}")
+        unknown = sorted(set(raw) - set(SPARSITY_KEYS))
+        if unknown:
+            takes = ", ".join(f"{k} ({v})" for k, v in SPARSITY_KEYS.items())
+            raise ValueError(f"unknown key {', '.join(map(repr, unknown))}: sparsity takes {takes}, "
+                             "e.g. {l1: [1.0e-4, 1.0e-3], epochs: 5, lr: 0.01}")
+        return raw
+
+    @field_validator("l1")
+    @classmethod
+    def _lambdas(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("give at least one λ, e.g. l1: 1.0e-4 or l1: [1.0e-4, 1.0e-3]")
+        bad = [v for v in values if v < 0]
+        if bad:
+            raise ValueError(f"λ is the weight of λ·Σ|γ| and cannot be negative ({', '.join(map(str, bad))}); write "
+                             "e.g. l1: 1.0e-4 (0 trains as many epochs without the penalty)")
+        if len(set(values)) != len(values):
+            raise ValueError(f"each λ may be listed once, got {values}")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _at_least_one(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("sparsity training runs at least 1 epoch; write e.g. epochs: 5")
+        return value
+
+    @property
+    def lambdas(self) -> list[float]:
+        """Every λ, in recipe order."""
+        return [float(v) for v in (self.l1 if isinstance(self.l1, list) else [self.l1])]
+
+
+class BaseNetworkConfig(BaseModel):
+    """The trained network to compress: a model by name, and its weights (a checkpoint, or trained in the study)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        description="torchvision:NAME or timm:NAME (random init, no download) or package.module:callable"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the model constructor")
+    checkpoint: str | None = Field(None, description="state dict to start from; null: the study trains the base")
+    epochs: float = Field(10.0, gt=0, description="training of the base when there is no checkpoint")
+    lr: float = Field(0.1, gt=0, description="peak learning rate of the base training")
+    sparsity: SparsityConfig | None = Field(
+        None, description="Network Slimming: sparsity-train the base (L1 on BatchNorm scales) before the study"
+    )
+
+
+def _check_range(value: tuple[float, float], step: float | None) -> None:
+    low, high = value
+    if not 0 < low <= high <= 1:
+        raise ValueError("expected low, high with 0 < low <= high <= 1")
+    n = (high - low) / step if step else 0
+    if abs(n - round(n)) > 1e-6:
+        raise ValueError(f"high - low ({high - low:g}) must be a multiple of its step ({step:g})")
+
+
+class CompressSpaceConfig(BaseModel):
+    """Recipe section `space:` for `type: compress`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["compress"] = "compress"
+    base: BaseNetworkConfig
+    policy: list[Literal["group", "global"]] = Field(
+        default_factory=lambda: ["group"], min_length=1,
+        description="group: a keep ratio per group (as granularity says); global: one share of all channels, "
+                    "cut at one threshold of importance across groups; several are searched",
+    )
+    granularity: Literal["group", "stage", "global"] = Field(
+        "group", description="one keep (and rank) ratio per prunable group / per stage (resolution) / for all"
+    )
+    keep_step: float = Field(0.05, gt=0)
+    keep: tuple[float, float] = Field((0.2, 1.0), description="[low, high] share of channels a group keeps")
+    importance: list[Literal["l1", "bn_scale", "taylor"]] = Field(default_factory=lambda: ["l1"], min_length=1)
+    rank_step: float = Field(0.125, gt=0)
+    rank: tuple[float, float] | None = Field(None, description="[low, high] rank ratios; 1 = not factorized")
+    rank_forms: list[Literal["spatial", "tucker2"]] = Field(
+        default_factory=lambda: ["spatial"], min_length=1,
+        description="how a k×k conv is factorized: spatial SVD (k×1, 1×k) or Tucker-2 (1×1, k×k, 1×1); several "
+                    "are searched per layer (as granularity says)",
+    )
+    precision: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    round_to: int = Field(8, ge=1, description="channel counts and ranks are multiples of this")
+    exclude: list[str] = Field(default_factory=list, description="groups (or layers) never pruned")
+
+    @field_validator("policy", "importance", "rank_forms", "precision")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each choice may be listed once")
+        return value
+
+    @field_validator("keep", "rank")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None, info: ValidationInfo) -> tuple[float, float] | None:
+        if value is not None:
+            _check_range(value, info.data.get(f"{info.field_name}_step"))
+        return value
