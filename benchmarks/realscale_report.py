@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmarks.results import machine, markdown_table, write_section
 from evaluators.latency import get_backend
+from evaluators.latency.timing import interleaved
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -152,32 +153,35 @@ def _onnx_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [*data.get("table", []), *stages.get("2", {}).get("front", []), *stages.get("3", {}).get("policies", [])]
 
 
-def time_onnx(source: Path, folder: Path, command: str, max_seconds: float = 1.0) -> Results:
-    """Time every ONNX file packed by a GPU run in `source` with ONNX Runtime on this CPU (one thread, batch 1)
-    and fill the CPU columns (latency and speed-up over the base's ONNX file); written to `folder`."""
+def time_onnx(source: Path, folder: Path, command: str, rounds: int = 7, runs: int = 100) -> Results:
+    """Time every ONNX file packed by a GPU run in `source` with ONNX Runtime on this CPU (one thread, batch 1),
+    all of them interleaved with the base's ONNX file in one process (`evaluators.latency.timing.interleaved`),
+    and fill the CPU columns (median latency and the median per-round speed-up over the base); written to `folder`."""
     results = Results.load(source, folder)
-    backend = get_backend("onnxruntime", threads=1, max_seconds=max_seconds)
-    timed: dict[str, float] = {}
+    backend = get_backend("onnxruntime", threads=1)
     with tempfile.TemporaryDirectory() as tmp:
+        paths: dict[str, Path] = {}
         for name in (TABLE_ZIP, FRONT_ZIP):
             pack = Path(source) / name
-            if not pack.is_file():
-                continue
-            with zipfile.ZipFile(pack) as z:
-                for member in z.namelist():
-                    if member.endswith(".onnx") and member not in timed:
-                        path = Path(z.extract(member, tmp))
-                        timed[member] = backend.measure(path, (3, 32, 32), "fp32", 1).median_ms
-                        print(f"  {member}: {timed[member]:.3f} ms", flush=True)
-    if "base.onnx" not in timed:
-        raise SystemExit(f"error: {source}/{TABLE_ZIP} holds no base.onnx; was stage 4 of the GPU run finished?")
+            if pack.is_file():
+                with zipfile.ZipFile(pack) as z:
+                    paths.update({m: Path(z.extract(m, tmp)) for m in z.namelist()
+                                  if m.endswith(".onnx") and m not in paths})
+        if "base.onnx" not in paths:
+            raise SystemExit(f"error: {source}/{TABLE_ZIP} holds no base.onnx; was stage 4 of the GPU run finished?")
+        order = ["base.onnx", *sorted(m for m in paths if m != "base.onnx")]
+        timed = {c.name: c for c in interleaved({m: backend.runner(paths[m], 1) for m in order}, "base.onnx",
+                                                rounds=rounds, runs=runs)}
+    for name, c in timed.items():
+        print(f"  {name}: {c.median_ms:.3f} ms, {c.speedup:.2f}× [{c.speedup_low:.2f}–{c.speedup_high:.2f}]", flush=True)
     for row in _onnx_rows(results.data):
-        ms = timed.get(row.get("onnx", ""))
-        if ms is not None:
-            row["cpu_ms_b1"], row["cpu_speedup_b1"] = ms, timed["base.onnx"] / ms
+        c = timed.get(row.get("onnx", ""))
+        if c is not None:
+            row["cpu_ms_b1"], row["cpu_speedup_b1"] = c.median_ms, c.speedup
     results.data["meta"]["cpu"] = {
         "command": command, "machine": machine(), "device": backend.device(),
         "backend": f"onnxruntime {backend.version()}", "date": _now(),
+        "timing": f"interleaved with base.onnx, {rounds} rounds × {runs} runs, median per-round speed-up",
     }
     results.save()
     return results

@@ -7,10 +7,9 @@ from typing import Any
 
 import optuna
 
-from evaluators.latency import LatencyBackend
 from evaluators.latency.table import LatencyTable, Prediction
 from search.config import StudyConfig
-from search.lut import load_table, require_units
+from search.lut import require_units
 from spaces import Space
 
 
@@ -33,13 +32,13 @@ class LatencyBudget:
         self.streak = 0
 
     @classmethod
-    def from_config(cls, config: StudyConfig, space: Space, backend: LatencyBackend) -> "LatencyBudget | None":
-        """The recipe's `latency.table` / `latency.budget_ms`, checked against this backend; None without a table."""
-        lat = config.latency
-        if lat.table is None:
+    def from_config(cls, config: StudyConfig, space: Space, table: LatencyTable | None) -> "LatencyBudget | None":
+        """The recipe's `latency.budget_ms` with the study's table (see `search.staircase.study_table`); None
+        without a table."""
+        if table is None:
             return None
         require_units(space)
-        return cls(load_table(lat.table, backend, lat.precision, lat.batch_size), space, lat.budget_ms, lat.table)
+        return cls(table, space, config.latency.budget_ms, config.latency.table)
 
     def predict(self, candidate: dict[str, Any]) -> Prediction:
         """The table's latency prediction for a candidate, from its units."""

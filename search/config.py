@@ -40,6 +40,16 @@ class StudyConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _speedup_needs_a_base(self) -> "StudyConfig":
+        space_type = self.space.get("type") if isinstance(self.space, dict) else getattr(self.space, "type", None)
+        if self.constraints.speedup is not None and space_type != "compress":
+            raise ValueError(
+                "constraints.speedup is measured against a base network, which only a compress study has; use "
+                "constraints.latency_ms"
+            )
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name

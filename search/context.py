@@ -8,10 +8,12 @@ from pathlib import Path
 
 from evaluators.data import DataBundle, load_data
 from evaluators.latency import BackendUnavailable, LatencyBackend, UnsupportedRequest, get_backend, resolve_backend_name
+from evaluators.latency.table import LatencyTable
 from search.config import StudyConfig
 from search.errors import UsageError
 from search.scoring import SCORINGS
 from search.sections import LatencyConfig
+from search.staircase import STAIRCASE_PNG, attach, plot_staircase, study_table
 from spaces import Space, get_space
 from spaces.compress import CompressError
 
@@ -24,6 +26,7 @@ class StudyContext:
     data: DataBundle
     space: Space
     backend: LatencyBackend
+    table: LatencyTable | None = None
 
 
 def recipe_data(config: StudyConfig) -> DataBundle:
@@ -50,7 +53,14 @@ def build_context(config: StudyConfig) -> StudyContext:
     data = recipe_data(config)
     space = build_space(config, data)
     backend = make_backend(config.latency, config.run_dir / "tensorrt")
-    return StudyContext(config, data, space, backend)
+    table = study_table(config, space, backend)
+    if table is not None and config.space.type == "compress":
+        stairs = attach(space, table)
+        png = config.run_dir / STAIRCASE_PNG
+        if not png.is_file():
+            plot_staircase(stairs, space.offered, png, f"{config.name}: latency staircase per group ({table.backend}, "
+                                                       f"{table.device}, batch {table.batch_size})")
+    return StudyContext(config, data, space, backend, table)
 
 
 def make_backend(lat: LatencyConfig, cache_dir: Path | None = None) -> LatencyBackend:

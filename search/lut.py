@@ -31,8 +31,9 @@ Progress = Callable[[int, int, str], None]
 
 
 def sample_candidates(space: Space, n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` candidates drawn uniformly with a seeded `RandomSuggest` (seeds `seed`, `seed + 1`, ...)."""
-    return [space.sample(RandomSuggest(seed + i)) for i in range(n)]
+    """`n` candidates drawn uniformly with a seeded `RandomSuggest` (seeds `seed`, `seed + 1`, ...); a compression
+    policy is drawn per group (the latency-aware policy is made from a table, so it cannot help build or check one)."""
+    return [space.sample(RandomSuggest(seed + i, fixed={"policy": "group"})) for i in range(n)]
 
 
 def distinct(units: Iterable[Unit]) -> dict[str, Unit]:

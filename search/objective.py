@@ -22,7 +22,7 @@ from evaluators.latency import LatencyStats
 from search.artifacts import artifact_store, keep_if_on_front
 from search.budget import LatencyBudget
 from search.checkpoints import root_number
-from search.constraints import apply_constraints
+from search.constraints import apply_constraints, latency_limit
 from search.context import StudyContext
 from search.locks import MachineLock
 from search.record import TrialRecord
@@ -46,7 +46,7 @@ class Objective:
         self.scoring = scoring_for(ctx)
         self.artifacts = artifact_store(ctx.config.run_dir)
         self.lock = MachineLock()
-        self.budget = LatencyBudget.from_config(ctx.config, ctx.space, ctx.backend)
+        self.budget = LatencyBudget.from_config(ctx.config, ctx.space, ctx.table)
         self.attached = False
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
@@ -82,6 +82,9 @@ class Objective:
             if prediction.missing:
                 record.save(trial, latency_table_missing=prediction.missing)
             self.budget.enforce(prediction)
+            limit = self.screening_limit()
+            if prediction.ms is not None and limit is not None and prediction.ms > limit:
+                return self.screen(trial, record, prediction.ms, limit, cost, seconds, t0)
 
         with tempfile.TemporaryDirectory() as tmp:
             exported, stats = self.score(trial, record, model, candidate, cost, seed, Path(tmp), seconds)
@@ -90,7 +93,8 @@ class Objective:
                 record.save(trial, vs_base=versus)
             t = time.perf_counter()
             feasible = apply_constraints(trial, record, self.config.constraints, accuracy=record.accuracy,
-                                         latency_ms=stats.median_ms, params=cost.params)
+                                         latency_ms=stats.median_ms, params=cost.params,
+                                         base_latency_ms=self.scoring.base_latency_ms())
             if feasible and record.at_top and exported is not None:
                 keep_if_on_front(trial, exported, record.accuracy, stats.median_ms, self.artifacts)
             seconds["artifacts"] = time.perf_counter() - t
@@ -98,6 +102,29 @@ class Objective:
         seconds["total"] = time.perf_counter() - t0
         record.save(trial, seconds={**record.seconds, **seconds})
         return record.accuracy, stats.median_ms
+
+    def predicted_base_ms(self) -> float | None:
+        """The base network's latency predicted by the study's table (None: no table, or a space without a base)."""
+        if self.budget is None or not hasattr(self.space, "predicted_ms"):
+            return None
+        return self.space.predicted_ms({g.name: g.channels for g in self.space.groups})
+
+    def screening_limit(self) -> float | None:
+        """The predicted latency over which a candidate is screened: `constraints.latency_ms`, and the base's predicted
+        latency over `constraints.speedup` (prediction against prediction, so the table's bias cancels)."""
+        return latency_limit(self.config.constraints, self.predicted_base_ms())
+
+    def screen(self, trial: optuna.Trial, record: TrialRecord, predicted_ms: float, limit: float, cost: Cost,
+               seconds: dict[str, float], t0: float) -> tuple[float, float]:
+        """Complete a candidate whose predicted latency misses the target without fine-tuning it: infeasible, so the
+        sampler learns from it and the front never shows it; its values are accuracy 0 and the prediction."""
+        record.save(trial, screened=f"predicted {predicted_ms:.4f} ms is over the target {limit:.4f} ms; not "
+                                    "fine-tuned")
+        apply_constraints(trial, record, self.config.constraints, accuracy=0.0, latency_ms=predicted_ms,
+                          params=cost.params, base_latency_ms=self.predicted_base_ms())
+        seconds["total"] = time.perf_counter() - t0
+        record.save(trial, accuracy=0.0, seconds={**record.seconds, **seconds})
+        return 0.0, predicted_ms
 
     def score(
         self, trial: optuna.Trial, record: TrialRecord, model: nn.Module, candidate: Candidate, cost: Cost,

@@ -26,6 +26,7 @@ class TrialRecord:
     params: int | None = None
     predicted_latency_ms: float | None = None  # from the study's latency table, before training
     latency_table_missing: list[str] | None = None  # units the table had no entry for
+    screened: str | None = None  # why the candidate was not fine-tuned: its predicted latency misses the target
     accuracy_adaptive_bn: float | None = None  # compress space: after BatchNorm recalibration, untrained
     accuracy: float | None = None  # validation accuracy at the candidate's precision: the first objective
     accuracy_fp32: float | None = None  # compress space, lower precision: the fp32 model's accuracy

@@ -35,9 +35,11 @@ from search.sections import ConstraintsConfig
 from spaces import Candidate
 
 
-def over_before_training(cfg: ConstraintsConfig, latency_ms: float, params: int) -> list[str]:
-    """The latency and parameter constraints a candidate breaks, which no fine-tune can change."""
-    values = violations(cfg.model_copy(update={"accuracy": None}), accuracy=0.0, latency_ms=latency_ms, params=params)
+def over_before_training(cfg: ConstraintsConfig, latency_ms: float, params: int,
+                         base_latency_ms: float | None = None) -> list[str]:
+    """The latency, speed-up and parameter constraints a candidate breaks, which no fine-tune can change."""
+    values = violations(cfg.model_copy(update={"accuracy": None}), accuracy=0.0, latency_ms=latency_ms, params=params,
+                        base_latency_ms=base_latency_ms)
     return [name for name, v in values.items() if v > 0]
 
 
@@ -82,7 +84,8 @@ class RungObjective(Objective):
             record.save(trial, **scoring.prepare(model, seed))
             exported = ExportedModel(model, self.ctx.data.input_shape, tmp / "built")
             stats = self.measure(trial, record, exported, candidate, seconds)
-            over = over_before_training(self.config.constraints, stats.median_ms, cost.params)
+            over = over_before_training(self.config.constraints, stats.median_ms, cost.params,
+                                        self.scoring.base_latency_ms())
             if over:
                 record.save(trial, accuracy=evaluate(model, scoring.validation(seed)), rung=0, top_rung=top, rungs=[],
                             stopped=f"over the {' and '.join(over)} constraint: stopped untrained")

@@ -84,7 +84,10 @@ class LatencyConfig(Section):
     cuda_graph: bool = Field(
         True, description="on a GPU, time replays of a CUDA graph of the forward (false: plain launches)"
     )
-    table: str | None = Field(None, description="latency table (JSON from `slimsearch lut build`) to predict with")
+    table: str | None = Field(
+        None, description="latency table to predict with: a JSON file from `slimsearch lut build`, or auto (built "
+                          "once per machine and engine, kept in the run directory and the machine cache)",
+    )
     budget_ms: float | None = Field(
         None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"
     )
@@ -166,5 +169,8 @@ class ConstraintsConfig(Section):
     """Limits a candidate must meet to be feasible; infeasible trials are never on the front."""
 
     latency_ms: float | None = Field(None, gt=0, description="maximum median latency in milliseconds")
+    speedup: float | None = Field(
+        None, gt=1, le=1000, description="compress space: minimum speed-up over the base, measured on the study's engine"
+    )
     params: int | None = Field(None, ge=1, description="maximum number of parameters")
     accuracy: float | None = Field(None, ge=0, le=1, description="minimum validation accuracy")

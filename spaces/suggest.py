@@ -21,12 +21,14 @@ class Suggest(Protocol):
 class RandomSuggest:
     """A seeded uniform `Suggest` for sampling a space without a study (tests, latency tables)."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, fixed: dict[str, object] | None = None) -> None:
+        """`fixed`: categorical values to take instead of drawing, where they are among the choices."""
         self._rng = random.Random(seed)
         self.values: dict[str, object] = {}
+        self.fixed = fixed or {}
 
     def categorical(self, name: str, choices: Sequence[T]) -> T:
-        value = self._rng.choice(list(choices))
+        value = self.fixed[name] if self.fixed.get(name) in choices else self._rng.choice(list(choices))
         self.values[name] = value
         return value
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch.nn as nn
@@ -90,6 +90,16 @@ class OnnxRuntimeBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+    def runner(self, onnx_path: str | Path, batch_size: int | None = None) -> Callable[[], object]:
+        """One run of the model at `onnx_path` on a fixed random batch (its input's own batch size, or
+        `batch_size` where that is symbolic): what `measure` and interleaved comparisons time."""
+        sess = self.session(onnx_path)
+        inp = sess.get_inputs()[0]
+        shape = [d if isinstance(d, int) else (batch_size or 1) for d in inp.shape]
+        feed = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(_NUMPY_TYPES.get(inp.type,
+                                                                                                   np.float32))}
+        return lambda: sess.run(None, feed)
 
     def measure(
         self, model: nn.Module | str | Path | ExportedModel, input_shape: tuple[int, ...], precision: str = "fp32",

@@ -122,3 +122,52 @@ def cuda_event_times(
             stream.synchronize()
             times.extend(start.elapsed_time(end) for start, end in events)
     return Timings(times, warmup_runs)
+
+
+@dataclass
+class Compared:
+    """One model timed interleaved with a base: the median and range of its round medians, and its speed-up over
+    the base as the median (and range) of the per-round ratios, base round median over this one's."""
+
+    name: str
+    median_ms: float
+    low_ms: float
+    high_ms: float
+    speedup: float
+    speedup_low: float
+    speedup_high: float
+    rounds: int
+    runs: int
+
+
+def interleaved(
+    runners: dict[str, Callable[[], object]], base: str, *, rounds: int = 7, runs: int = 100, warmup: int = 20,
+) -> list[Compared]:
+    """Time every runner in turn, round after round (base, A, B, …, then the next round in rotated order), `runs`
+    runs a round each, so every model sees the same machine state and a drift in it cancels out of the speed-ups.
+    A model timed first and alone can look several times faster or slower than it is beside the others."""
+    if base not in runners:
+        raise ValueError(f"base {base!r} is not among the models timed")
+    if rounds < 3 or runs < 1:
+        raise ValueError("interleaved timing needs at least 3 rounds of at least 1 run")
+    names = list(runners)
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    with no_gc():
+        for name in names:
+            for _ in range(warmup):
+                runners[name]()
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                run, chunk = runners[name], []
+                for _ in range(runs):
+                    t = time.perf_counter_ns()
+                    run()
+                    chunk.append((time.perf_counter_ns() - t) / 1e6)
+                medians[name].append(statistics.median(chunk))
+    out = []
+    for name in names:
+        m = medians[name]
+        ratios = [b / x for b, x in zip(medians[base], m)]
+        out.append(Compared(name, statistics.median(m), min(m), max(m), statistics.median(ratios), min(ratios),
+                            max(ratios), rounds, runs))
+    return out

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from evaluators.latency import PRECISIONS, LatencyStats, UnsupportedRequest
+from evaluators.latency import PRECISIONS, LatencyStats, UnsupportedRequest, resolve_backend_name
 from evaluators.latency.base import onnx_input_dims
+from evaluators.latency.timing import interleaved
 from evaluators.onnx_export import ExportError
 from evaluators.precision import PrecisionError
 from search.commands.common import console
@@ -32,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time one ONNX model, or candidates of a study recipe (sampled, or a trial of its run), on a "
         "latency backend. Backend, precision, batch size and threads default to the recipe's latency section.",
     )
-    p.add_argument("target", type=Path, help="MODEL.onnx, or a study recipe STUDY.yaml")
+    p.add_argument("target", type=Path, nargs="?", help="MODEL.onnx, or a study recipe STUDY.yaml")
+    p.add_argument("--compare", type=Path, nargs="+", metavar="MODEL.onnx",
+                   help="time BASE.onnx OTHER.onnx ... interleaved in one process (base, other, ..., round after "
+                        "round) and print each model's median, spread and speed-up over the first")
+    p.add_argument("--rounds", type=int, default=7, help="--compare: rounds, each timing every model once")
+    p.add_argument("--runs", type=int, default=100, help="--compare: timed runs of each model in a round")
     p.add_argument("--backend", help="auto, onnxruntime, tensorrt or torch (default: the recipe's, else auto)")
     p.add_argument("--precision", choices=PRECISIONS, help="default: the recipe's, else fp32")
     p.add_argument("--input-shape", metavar="C,H,W", help="input of one image (default: the ONNX input / the data)")
@@ -146,8 +152,54 @@ def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
     return out
 
 
+def compare(args: argparse.Namespace) -> int:
+    """`slimsearch latency --compare BASE.onnx OTHER.onnx …`: every model timed interleaved with the first."""
+    paths = list(args.compare)
+    if args.target is not None:
+        raise UsageError("--compare takes the models itself: slimsearch latency --compare BASE.onnx OTHER.onnx ...")
+    if len(paths) < 2:
+        raise UsageError("--compare needs a base and at least one other model: --compare BASE.onnx OTHER.onnx ...")
+    if args.rounds < 3 or args.runs < 1:
+        raise UsageError(f"--rounds {args.rounds} --runs {args.runs}: need at least 3 rounds of at least 1 run")
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such ONNX file")
+        dims = onnx_input(path)
+        if len(dims) != 4:
+            raise UsageError(f"{path}: expected an image model with a 4-d input (N, C, H, W), got {len(dims)}-d")
+    lat = latency_settings(args, LatencyConfig(backend="onnxruntime"))
+    if resolve_backend_name(lat.backend) != "onnxruntime":
+        raise UsageError(f"--compare times ONNX files in ONNX Runtime; --backend {lat.backend} cannot take them")
+    backend = make_backend(lat)
+    labels = [str(p) for p in paths]
+    if len(set(labels)) != len(labels):
+        raise UsageError("--compare: each model may be named once")
+    with MachineLock().measuring():
+        runners = {label: backend.runner(path, args.batch_size) for label, path in zip(labels, paths)}
+        results = interleaved(runners, labels[0], rounds=args.rounds, runs=args.runs)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=1))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"onnxruntime {backend.version()} on {backend.device()}, interleaved: {args.rounds} rounds × "
+                        f"{args.runs} runs", title_justify="left")
+    for col in ("median ms", "range ms", "speed-up", "range"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    for r in results:
+        table.add_row(f"{r.median_ms:.4f}", f"{r.low_ms:.4f}–{r.high_ms:.4f}", f"{r.speedup:.2f}×",
+                      f"{r.speedup_low:.2f}–{r.speedup_high:.2f}", r.name + (" (base)" if r.name == labels[0] else ""))
+    console.print(table)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch latency`; returns the exit code."""
+    if args.compare:
+        return compare(args)
+    if args.target is None:
+        raise UsageError("name MODEL.onnx or STUDY.yaml to time, or --compare BASE.onnx OTHER.onnx ...")
     if not args.target.is_file():
         raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")
     try:

@@ -10,23 +10,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evaluators.latency import LatencyBackend
+from evaluators.latency.table import LatencyTable
 from search.commands.common import add_recipe_args, console, recipe_from_args
 from search.config import StudyConfig
 from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
 from search.lut import build_table, check_table, load_table, require_units
+from search.staircase import STAIRCASE_PNG, TABLE_FILE, attach, plot_staircase
 from spaces import Space
-
-TABLE_FILE = "latency_table.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `lut` sub-command to the parser."""
     p = sub.add_parser(
-        "lut", help="build a latency table of a blocks space on this machine, or check its predictions",
-        description="Latency tables, keyed by block type, input and output shapes, stride and options, measured on "
-        "the recipe's latency backend. `build` measures the units, `check` compares predicted and measured "
-        "end-to-end latency of sampled candidates.",
+        "lut", help="build a latency table of a blocks or compress space on this machine, or check its predictions",
+        description="Latency tables, keyed by block type (or conv / linear layer), input and output shapes, stride "
+        "and options, measured on the recipe's latency backend. `build` measures the units (for a compress recipe: "
+        "every conv of the base at every pair of widths a policy can give it, and the staircase picture), `check` "
+        "compares predicted and measured end-to-end latency of sampled candidates.",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = actions.add_parser("build", help="measure every unit configuration of the space (or of sampled candidates)")
@@ -86,7 +87,22 @@ def run_build(args: argparse.Namespace) -> int:
     console.print(f"correction from {c.networks} whole networks: {c.intercept_ms:+.4f} ms {c.per_unit_ms:+.4f} ms/unit "
                   f"+ {c.scale:.3f} × Σ units ({fit})", highlight=False)
     console.print(f"wrote {out} ({len(t.entries)} entries)", highlight=False)
+    if config.space.type == "compress":
+        write_staircase(config, space, t, out.with_name(STAIRCASE_PNG))
     return 0
+
+
+def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path: Path) -> None:
+    """A compression recipe's staircase: the picture, and per group the widths a study offers."""
+    stairs = attach(space, table)
+    plot_staircase(stairs, space.offered, path, f"{config.name}: latency staircase per group ({table.backend}, "
+                                                f"{table.device}, batch {table.batch_size})")
+    kept = sum(len(ws) for ws in space.offered.values())
+    every = sum(len(ws) for ws in space.width_choices().values())
+    console.print(f"staircase: {kept} of {every} group widths run faster than every wider one and are offered; "
+                  f"wrote {path}", highlight=False)
+    for group, widths in space.offered.items():
+        console.print(f"  {group}: {', '.join(map(str, widths))}", highlight=False)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -94,7 +110,8 @@ def run_check(args: argparse.Namespace) -> int:
     config = recipe_from_args(args)
     if args.samples < 2:
         raise UsageError(f"--samples {args.samples}: need at least 2 candidates to rank")
-    path = args.table or Path(config.latency.table or config.run_dir / TABLE_FILE)
+    named = config.latency.table if config.latency.table not in (None, "auto") else None
+    path = args.table or Path(named or config.run_dir / TABLE_FILE)
     space, backend = _open(config)
     table = load_table(path, backend, config.latency.precision, config.latency.batch_size)
     with _progress() as bar:

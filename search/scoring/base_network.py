@@ -24,7 +24,7 @@ from search.locks import locked
 from spaces.compress import CompressError, build_model, load_checkpoint, prunable_groups
 
 BASE_FILE = "base.pt"
-TAYLOR_IMAGES = 64  # the labelled batch Taylor importance takes its gradients on
+TAYLOR_IMAGES = 256  # the labelled batch Taylor importance takes its gradients on
 
 
 @dataclass

@@ -91,3 +91,6 @@ class CompressedScoring(Scoring):
 
     def versus_base(self, cost: Cost, accuracy: float, latency_ms: float) -> dict[str, float] | None:
         return None if self.base is None else versus_base(self.base, cost, accuracy, latency_ms)
+
+    def base_latency_ms(self) -> float | None:
+        return None if self.base is None else float(self.base["latency_ms"])

@@ -134,6 +134,10 @@ class Scoring:
         """The candidate against the study's base network (None: there is none)."""
         return None
 
+    def base_latency_ms(self) -> float | None:
+        """The study's base network's measured latency (None: there is no base, or it is not measured yet)."""
+        return None
+
 
 SCORINGS: Registry[type[Scoring]] = Registry("scoring")
 

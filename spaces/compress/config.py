@@ -93,10 +93,24 @@ class CompressSpaceConfig(BaseModel):
 
     type: Literal["compress"] = "compress"
     base: BaseNetworkConfig
-    policy: list[Literal["group", "global"]] = Field(
+    policy: list[Literal["group", "global", "latency_greedy"]] = Field(
         default_factory=lambda: ["group"], min_length=1,
         description="group: a keep ratio per group (as granularity says); global: one share of all channels, "
-                    "cut at one threshold of importance across groups; several are searched",
+                    "cut at one threshold of importance across groups; latency_greedy: channels of least importance "
+                    "per millisecond saved removed until a predicted speed-up (needs a latency table); several are "
+                    "searched",
+    )
+    staircase: bool = Field(
+        True, description="with a latency table: each group offers only the widths at the lower edge of a latency "
+                          "step (no width that runs no faster than a wider one)",
+    )
+    greedy_speedup: tuple[float, float] = Field(
+        (1.2, 3.5), description="[low, high] predicted speed-up over the base that latency_greedy candidates aim at"
+    )
+    greedy_anchors: list[float] = Field(
+        default_factory=lambda: [1.5, 2.0, 3.0],
+        description="with latency_greedy among the policies: its candidates at these predicted speed-ups are "
+                    "evaluated first, beside the uniform anchors",
     )
     granularity: Literal["group", "stage", "global"] = Field(
         "group", description="one keep (and rank) ratio per prunable group / per stage (resolution) / for all"
@@ -120,6 +134,20 @@ class CompressSpaceConfig(BaseModel):
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("each choice may be listed once")
+        return value
+
+    @field_validator("greedy_speedup")
+    @classmethod
+    def _speedup_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 1 < value[0] <= value[1] <= 100:
+            raise ValueError("expected low, high with 1 < low <= high <= 100, e.g. [1.2, 3.5]")
+        return value
+
+    @field_validator("greedy_anchors")
+    @classmethod
+    def _anchor_speedups(cls, value: list[float]) -> list[float]:
+        if any(not 1 < v <= 100 for v in value):
+            raise ValueError(f"speed-ups over the base must be above 1 (and at most 100), got {value}")
         return value
 
     @field_validator("keep", "rank")

@@ -361,6 +361,27 @@ class ChannelGraph:
         best = min((n for n in (low - 1, low) if n >= 0), key=lambda n: abs(sum(kept(n)) - target))
         return {info.name: k / info.channels for info, k in zip(infos, kept(best))}
 
+    def layer_groups(self) -> dict[str, dict[str, str]]:
+        """Conv / linear layer name → the prunable group its output (`out`) and input (`in`) channels belong to;
+        a side missing from a layer's entry keeps its width whatever the policy."""
+        names = {m: n for n, m in self.model.named_modules()}
+        out: dict[str, dict[str, str]] = {}
+        for g in self._groups:
+            for item in g.group:
+                module = item.dep.target.module
+                if isinstance(module, ROOT_TYPES):
+                    side = "out" if self.graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+                    out.setdefault(names[module], {})[side] = g.info.name
+        return out
+
+    def unit_scores(self, importance: Scorer) -> dict[str, torch.Tensor]:
+        """Group name → the score of each of its units (root channels pruned together), as `plan` ranks them."""
+        out = {}
+        for g in self._groups:
+            scores = importance(g.group).detach().float().cpu()
+            out[g.info.name] = torch.stack([scores[members].mean() for members in g.units])
+        return out
+
     def apply(self, plans: list[tuple[PrunableGroup, nn.Module, object, list[int]]]) -> None:
         """Physically remove the planned channels, group after group."""
         for _, root, handler, idxs in plans:

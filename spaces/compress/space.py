@@ -9,20 +9,26 @@ and `build(candidate)` cuts the same network from the same base weights anywhere
 
 from __future__ import annotations
 
+import bisect
+import copy
 import itertools
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
-from spaces.compress.compress import compress, factorizable_layers, prunable_groups
+from spaces.compress import units as geometry
+from spaces.compress.compress import _graph, compress, factorizable_layers, global_keep_ratios, prunable_groups
 from spaces.compress.config import CompressSpaceConfig
 from spaces.compress.errors import CompressError
+from spaces.compress.greedy import latency_greedy, removal_costs
+from spaces.compress.importance import make_importance
 from spaces.compress.lowrank import form_params, kxk_conv
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
-from spaces.registry import Candidate, Space, register_space
+from spaces.compress.prune import kept_channels
+from spaces.registry import Candidate, Space, Unit, register_space
 from spaces.suggest import Suggest
 
 
@@ -35,6 +41,8 @@ class CompressSpace(Space):
     """Compression policies for one trained base network: pruning, low-rank factorization and precision."""
 
     Config = CompressSpaceConfig
+    lists_units = True
+    unit_module = staticmethod(geometry.unit_module)
 
     def __init__(
         self, config: CompressSpaceConfig, *, in_channels: int, num_classes: int, image_size: int,
@@ -46,6 +54,7 @@ class CompressSpace(Space):
         labelled training batch for the `taylor` importance; `sparse`: the base sparsity-trained at each λ of
         `config.base.sparsity`, with its checkpoint — candidates are then cut from these."""
         self.config = config
+        self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         if base is None:
             checkpoint = checkpoint or config.base.checkpoint
             if checkpoint is None:
@@ -67,7 +76,11 @@ class CompressSpace(Space):
         }
         self.sparse = self._sparse_bases(sparse or {})
         self.groups = prunable_groups(self.base, self.example_input, config.exclude)
+        self.layers = geometry.layer_geometry(self.base, self.example_input, config.exclude)
         self.rank_layers = self._rank_layers() if config.rank else {}
+        self.offered: dict[str, list[int]] | None = None
+        self._predict_units: Callable[[list[Unit]], float] | None = None
+        self._costs: dict[str, list[float]] | None = None
 
     def _sparse_bases(
         self, given: dict[float, tuple[nn.Module, str | Path]]
@@ -131,6 +144,98 @@ class CompressSpace(Space):
         g = self.config.granularity
         return {u: (u if g == "group" else f"stage.{s}" if g == "stage" else "all") for u, s in units.items()}
 
+    def width_choices(self) -> dict[str, list[int]]:
+        """Group → every width (channels kept) the recipe's keep range, step and rounding can give it, ascending."""
+        low, high = self.config.keep
+        n = round((high - low) / self.config.keep_step)
+        ratios = [low + self.config.keep_step * i for i in range(n + 1)]
+        return {g.name: sorted({kept_channels(g.channels, g.channel_groups, r, self.config.round_to) for r in ratios})
+                for g in self.groups}
+
+    def _widths(self, candidate: Candidate) -> dict[str, int]:
+        """Group → channels kept by a candidate's pruning policy."""
+        keep = candidate["keep"]
+        if candidate.get("policy", "group") == "global":
+            keep = global_keep_ratios(self._source(candidate), self.example_input, float(keep["*"]),
+                                      candidate["importance"], int(candidate.get("round_to", self.config.round_to)),
+                                      self.calibration, self.config.exclude)
+        return geometry.group_widths(self.groups, keep, int(candidate.get("round_to", self.config.round_to)))
+
+    def units(self, candidate: Candidate) -> list[Unit]:
+        """One unit per conv / linear layer at the widths the candidate prunes it to (see `spaces.compress.units`);
+        a factorized layer is a `factorized` unit no latency table holds, so its network is not predicted."""
+        out = geometry.policy_units(self.layers, self._widths(candidate))
+        for layer in sorted(candidate.get("rank") or {}):
+            out.append({"block": "factorized", "in_channels": 0, "out_channels": 0, "stride": 1, "resolution": 0,
+                        "out_resolution": 0, "options": {"layer": layer}})
+        return out
+
+    def all_units(self) -> Iterator[Unit]:
+        """Every unit a pruning policy of the recipe can produce (factorized layers are not tabled)."""
+        return geometry.all_layer_units(self.layers, self.width_choices())
+
+    def use_staircase(self, offered: dict[str, list[int]], predict_units: Callable[[list[Unit]], float]) -> None:
+        """Sample from a latency staircase: each group keeps one of `offered[group]` widths (ascending, the lower
+        edges of its latency steps, ending at its full width; `config.staircase` off: every width it can take), and
+        `predict_units` gives a network's latency from its units (for the latency_greedy policy)."""
+        missing = sorted(set(self.width_choices()) - set(offered))
+        if missing:
+            raise CompressError(f"the latency staircase has no widths for group(s) {missing}")
+        self.offered = {g: sorted(ws) for g, ws in offered.items()} if self.config.staircase else self.width_choices()
+        self._predict_units = predict_units
+
+    def predicted_ms(self, widths: dict[str, int]) -> float:
+        """The latency predicted for the base pruned to `widths` (needs `use_staircase`)."""
+        if self._predict_units is None:
+            raise CompressError("no latency predictor: the space was given no latency table")
+        return self._predict_units(geometry.policy_units(self.layers, widths))
+
+    def greedy_widths(self, speedup: float) -> dict[str, int]:
+        """The latency_greedy policy at a predicted `speedup` over the base (see `spaces.compress.greedy`): channel
+        importance is Taylor's |w·∂L/∂w| on the calibration batch (a first-order loss change, comparable across
+        groups), else the recipe's first criterion with each group's scores divided by their mean."""
+        if self.offered is None:
+            raise CompressError(
+                "policy latency_greedy needs a latency table to predict with: set latency.table (a file from "
+                "`slimsearch lut build`, or auto)"
+            )
+        if self._costs is None:
+            net, graph = _graph(copy.deepcopy(self.base).eval(), self.example_input, self.config.exclude)
+            if self.calibration is not None:  # first-order loss change: comparable across groups as it is
+                scorer = make_importance("taylor", net, self.calibration)
+            else:
+                scorer = make_importance(self.config.importance[0], net, None, comparable=True)
+            scores = graph.unit_scores(scorer)
+            touched = {g.name: sum(g.name in (layer.in_group, layer.out_group) for layer in self.layers)
+                       for g in self.groups}
+            self._costs = {g.name: [touched[g.name] * c for c in removal_costs(scores[g.name], g.channels)]
+                           for g in self.groups}
+        full = {g: ws[-1] for g, ws in self.offered.items()}
+        return latency_greedy(self.offered, self._costs, self.predicted_ms, self.predicted_ms(full) / speedup)
+
+    def _snap(self, group: str, width: int) -> int:
+        """The narrowest offered width of `group` at least `width` wide (as fast as `width`, with more channels)."""
+        ws = self.offered[group]
+        return ws[min(bisect.bisect_left(ws, width), len(ws) - 1)]
+
+    def _keep_of(self, widths: dict[str, int]) -> dict[str, float]:
+        by_name = {g.name: g for g in self.groups}
+        return {g: _round(w / by_name[g].channels) for g, w in widths.items()}
+
+    def _sample_keep(self, suggest: Suggest) -> dict[str, float]:
+        """Per-group keep ratios: drawn per key of the recipe's granularity; on a staircase, group granularity draws
+        an offered width per group (`edge.<group>`, its index) and coarser keys snap to the offered widths."""
+        cfg = self.config
+        if self.offered is not None and cfg.granularity == "group":
+            return self._keep_of({g: ws[suggest.int(f"edge.{g}", 0, len(ws) - 1)] for g, ws in self.offered.items()})
+        keys = self._keys({g.name: g.stage for g in self.groups})
+        drawn = {k: _round(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step)) for k in dict.fromkeys(keys.values())}
+        keep = {group: drawn[key] for group, key in keys.items()}
+        if self.offered is None:
+            return keep
+        widths = geometry.group_widths(self.groups, keep, cfg.round_to)
+        return self._keep_of({g: self._snap(g, w) for g, w in widths.items()})
+
     def sample(self, suggest: Suggest) -> Candidate:
         """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`;
         `keep.global` where the recipe lists the global policy, `policy` and `form.<layer>` where it lists
@@ -142,15 +247,14 @@ class CompressSpace(Space):
             spec = self.sparse[suggest.categorical("base.l1", lambdas) if len(lambdas) > 1 else lambdas[0]][1]
         importance = suggest.categorical("importance", cfg.importance) if len(cfg.importance) > 1 else cfg.importance[0]
         policy = suggest.categorical("policy", cfg.policy) if len(cfg.policy) > 1 else cfg.policy[0]
+        target: dict[str, float] = {}
         if policy == "global":
             keep = {"*": _round(suggest.float("keep.global", *cfg.keep, step=cfg.keep_step))}
+        elif policy == "latency_greedy":
+            target = {"speedup": round(suggest.float("greedy.speedup", *cfg.greedy_speedup), 3)}
+            keep = self._keep_of(self.greedy_widths(target["speedup"]))
         else:
-            keys = self._keys({g.name: g.stage for g in self.groups})
-            drawn = {
-                k: _round(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step))
-                for k in dict.fromkeys(keys.values())
-            }
-            keep = {group: drawn[key] for group, key in keys.items()}
+            keep = self._sample_keep(suggest)
         rank: dict[str, float] = {}
         form: dict[str, str] = {}
         if cfg.rank is not None and self.rank_layers:
@@ -164,7 +268,7 @@ class CompressSpace(Space):
         precision = suggest.categorical("precision", cfg.precision) if len(cfg.precision) > 1 else cfg.precision[0]
         return {
             "space": "compress", "base": dict(spec), "importance": importance, "round_to": cfg.round_to,
-            "policy": policy, "keep": keep, "rank": rank, "form": form, "precision": precision,
+            "policy": policy, "keep": keep, "rank": rank, "form": form, "precision": precision, **target,
         }
 
     def _sample_forms(self, suggest: Suggest, keys: dict[str, str]) -> dict[str, str]:
@@ -192,6 +296,7 @@ class CompressSpace(Space):
         )
         uniform = "group" in cfg.policy
         keep_keys = dict.fromkeys(self._keys({g.name: g.stage for g in self.groups}).values()) if uniform else {}
+        edges = uniform and self.offered is not None and cfg.granularity == "group"
         rank_keys = dict.fromkeys(self._keys(self.rank_layers).values()) if cfg.rank is not None else {}
         form_keys = dict.fromkeys(
             key for layer, key in self._keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
@@ -200,7 +305,11 @@ class CompressSpace(Space):
         anchors = []
         for base, precision, ratio in itertools.product(bases, cfg.precision, ratios):
             params: dict[str, Any] = {**base}
-            params.update({f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio})
+            if edges:
+                widths = geometry.group_widths(self.groups, {g.name: ratio for g in self.groups}, cfg.round_to)
+                params.update({f"edge.{g}": self.offered[g].index(self._snap(g, w)) for g, w in widths.items()})
+            else:
+                params.update({f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio})
             if len(cfg.policy) > 1:
                 params["policy"] = "group"
             params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
@@ -210,6 +319,16 @@ class CompressSpace(Space):
             if len(cfg.precision) > 1:
                 params["precision"] = precision
             anchors.append(params)
+        if "latency_greedy" in cfg.policy and self.offered is not None:
+            for base, precision, speedup in itertools.product(bases, cfg.precision, cfg.greedy_anchors):
+                low, high = cfg.greedy_speedup
+                params = {**base, "greedy.speedup": min(max(float(speedup), low), high)}
+                params.update({k: v for k, v in (("policy", "latency_greedy"), ("precision", precision))
+                               if len(getattr(cfg, k)) > 1})
+                params.update({"importance": cfg.importance[0]} if len(cfg.importance) > 1 else {})
+                params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
+                params.update({f"form.{k}": cfg.rank_forms[0] for k in form_keys})
+                anchors.append(params)
         return anchors
 
     @staticmethod
@@ -222,6 +341,9 @@ class CompressSpace(Space):
         parts = [] if l1 is None else [f"base λ={l1:g}"]
         if candidate.get("policy", "group") == "global":
             parts.append(f"{candidate['importance']} global keep {keep[0]:.2f}")
+        elif candidate.get("policy") == "latency_greedy":
+            parts.append(f"{candidate['importance']} greedy {candidate['speedup']:.2f}× keep {statistics.fmean(keep):.2f} "
+                         f"[{min(keep):.2f}–{max(keep):.2f}]")
         else:
             parts.append(f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]")
         if candidate.get("rank"):
@@ -236,7 +358,7 @@ class CompressSpace(Space):
         if candidate.get("space") != "compress":
             raise CompressError(f"not a compress candidate (space {candidate.get('space')!r})")
         source = self._source(candidate)
-        policy = candidate.get("policy", "group")
+        policy = "group" if candidate.get("policy") == "latency_greedy" else candidate.get("policy", "group")
         keep = candidate["keep"]
         if policy == "global":
             if set(keep) != {"*"}:
