@@ -21,7 +21,7 @@ from evaluators.train import TrainSettings, evaluate, train_model
 from search.config import StudyConfig
 from search.errors import UsageError
 from search.locks import locked
-from spaces.compress import CompressError, build_model, load_checkpoint, prunable_groups
+from spaces.compress import CompressError, build_model, check_exclusions, load_checkpoint, prunable_groups
 
 BASE_FILE = "base.pt"
 TAYLOR_IMAGES = 64  # the labelled batch Taylor importance takes its gradients on
@@ -100,15 +100,18 @@ def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
             spec.model, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
             kwargs=spec.kwargs,
         )
+        example = torch.zeros(1, *data.input_shape)
+        check_exclusions(model, example, config.space.exclude)
         if config.space.keep[0] < 1:  # refuse a network that cannot be pruned before training it
-            prunable_groups(model, torch.zeros(1, *data.input_shape), config.space.exclude)
+            prunable_groups(model, example, config.space.exclude)
         if spec.checkpoint:
             path = Path(spec.checkpoint)
             load_checkpoint(model, path)
         else:
             path = _train_or_load(config, data, model)
     except CompressError as exc:
-        raise UsageError(f"space.base: {exc}") from None
+        message = str(exc)
+        raise UsageError(message if message.startswith("space.") else f"space.base: {message}") from None
     return PreparedBase(model.eval(), path, calibration_batch(data, config.seed))
 
 

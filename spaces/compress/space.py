@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from spaces.compress.compress import compress, factorizable_layers, prunable_groups
+from spaces.compress.compress import check_exclusions, compress, factorizable_layers, prunable_groups
 from spaces.compress.config import CompressSpaceConfig
 from spaces.compress.errors import CompressError
 from spaces.compress.lowrank import form_params, kxk_conv
@@ -66,6 +66,7 @@ class CompressSpace(Space):
             "checkpoint": str(checkpoint) if checkpoint else None, "sha256": fingerprint(self.base),
         }
         self.sparse = self._sparse_bases(sparse or {})
+        check_exclusions(self.base, self.example_input, config.exclude)
         self.groups = prunable_groups(self.base, self.example_input, config.exclude)
         self.rank_layers = self._rank_layers() if config.rank else {}
 
