@@ -6,10 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from search.config import StudyConfig, load_config
+if TYPE_CHECKING:
+    from search.config import StudyConfig
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -57,4 +59,6 @@ def tcp_port(text: str) -> int:
 
 def recipe_from_args(args: argparse.Namespace) -> StudyConfig:
     """The recipe named on the command line, with its `--set` overrides, validated."""
+    from search.config import load_config
+
     return load_config(args.recipe, args.overrides)

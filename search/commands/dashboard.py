@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.artifacts import artifact_store
 from search.commands.common import console, tcp_port
 from search.errors import UsageError
-from search.study import open_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch dashboard`; returns the exit code."""
     from optuna_dashboard import run_server
+
+    from search.artifacts import artifact_store
+    from search.study import open_study
 
     config, study = open_study(args.run_dir)
     console.print(f"optuna-dashboard for study [bold]{config.name}[/] ({len(study.trials)} trials): "

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evaluators.latency import LatencyBackend
 from search.commands.common import add_recipe_args, console, recipe_from_args
-from search.config import StudyConfig
-from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
-from search.lut import build_table, check_table, load_table, require_units
-from spaces import Space
+
+if TYPE_CHECKING:
+    from evaluators.latency import LatencyBackend
+    from search.config import StudyConfig
+    from spaces import Space
 
 TABLE_FILE = "latency_table.json"
 
@@ -53,6 +54,9 @@ def _progress() -> Progress:
 
 def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
     """The recipe's blocks space and its latency backend."""
+    from search.context import build_space, make_backend, recipe_data
+    from search.lut import require_units
+
     data = recipe_data(config)
     space = build_space(config, data)
     require_units(space)
@@ -62,6 +66,8 @@ def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
 
 def run_build(args: argparse.Namespace) -> int:
     """`slimsearch lut build`: measure every unit of the recipe's space and fit the table's correction."""
+    from search.lut import build_table
+
     config = recipe_from_args(args)
     if min(args.max_configs, args.samples, args.networks) < 0:
         raise UsageError("--max-configs, --samples and --networks must not be negative")
@@ -91,6 +97,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """`slimsearch lut check`: compare the table's predictions with measured latencies (MAPE, Spearman)."""
+    from search.lut import check_table, load_table
+
     config = recipe_from_args(args)
     if args.samples < 2:
         raise UsageError(f"--samples {args.samples}: need at least 2 candidates to rank")

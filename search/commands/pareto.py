@@ -6,11 +6,6 @@ import argparse
 from pathlib import Path
 
 from search.commands.common import console
-from search.front import hypervolume
-from search.pareto import default_reference, front, trials_frame, write_reports
-from search.report import print_sparsity, rung_summary, trials_table
-from search.study import open_study
-from spaces import get_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def show_front(run_dir: Path) -> None:
     """Print the front and write the reports next to the study."""
+    from search.front import hypervolume
+    from search.pareto import default_reference, front, trials_frame, write_reports
+    from search.report import print_sparsity, rung_summary, trials_table
+    from search.study import open_study
+    from spaces import get_space
+
     config, study = open_study(run_dir)
     df = trials_frame(study, get_space(config.space.type).describe)
     if df.empty or not (df["state"] == "COMPLETE").any():
