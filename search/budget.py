@@ -10,7 +10,8 @@ import optuna
 from evaluators.latency import LatencyBackend
 from evaluators.latency.table import LatencyTable, Prediction
 from search.config import StudyConfig
-from search.lut import load_table, require_units
+from search.locks import say_stderr
+from search.lut import load_table, require_units, unpredictable
 from spaces import Space
 
 
@@ -39,7 +40,15 @@ class LatencyBudget:
         if lat.table is None:
             return None
         require_units(space)
-        return cls(load_table(lat.table, backend, lat.precision, lat.batch_size), space, lat.budget_ms, lat.table)
+        table = load_table(lat.table, backend, lat.precision, lat.batch_size)
+        if lat.budget_ms is not None:
+            total, _, lost = unpredictable(table, space)
+            if lost:
+                say_stderr(f"warning: latency.table {lat.table} cannot predict {lost} of the space's {total} unit "
+                           "configurations (no measured unit of their block, stride, options and resolution): "
+                           "candidates with them are trained without the latency.budget_ms check; rebuild the "
+                           "table with a larger --max-configs")
+        return cls(table, space, lat.budget_ms, lat.table)
 
     def predict(self, candidate: dict[str, Any]) -> Prediction:
         """The table's latency prediction for a candidate, from its units."""

@@ -15,6 +15,7 @@ from search.errors import UsageError
 
 if TYPE_CHECKING:
     from evaluators.latency import LatencyBackend
+    from evaluators.latency.table import LatencyTable
     from search.config import StudyConfig
     from spaces import Space
 
@@ -67,18 +68,14 @@ def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
 def run_build(args: argparse.Namespace) -> int:
     """`slimsearch lut build`: measure every unit of the recipe's space and fit the table's correction."""
     from search.lut import build_table
+    from search.progress import StepProgress
 
     config = recipe_from_args(args)
     if min(args.max_configs, args.samples, args.networks) < 0:
         raise UsageError("--max-configs, --samples and --networks must not be negative")
     space, backend = _open(config)
     out = args.out or config.run_dir / TABLE_FILE
-    with _progress() as bar:
-        task = bar.add_task("measuring", total=None)
-
-        def step(done: int, total: int, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=message[:60])
-
+    with StepProgress("lut build", "measurements", console=console) as step:  # a bar, or lines in a log
         report = build_table(config, space, backend, max_configs=args.max_configs, samples=args.samples,
                              networks=args.networks, seed=config.seed, progress=step)
     report.table.save(out)
@@ -92,7 +89,21 @@ def run_build(args: argparse.Namespace) -> int:
     console.print(f"correction from {c.networks} whole networks: {c.intercept_ms:+.4f} ms {c.per_unit_ms:+.4f} ms/unit "
                   f"+ {c.scale:.3f} × Σ units ({fit})", highlight=False)
     console.print(f"wrote {out} ({len(t.entries)} entries)", highlight=False)
+    say_coverage(report.table, space)
     return 0
+
+
+def say_coverage(table: LatencyTable, space: Space) -> None:
+    """One line on how the table covers the space: measured, estimated from neighbours, or not predictable."""
+    from search.lut import unpredictable
+
+    total, measured, lost = unpredictable(table, space)
+    if measured == total:
+        return
+    console.print(f"coverage: {measured} of the space's {total} unit configurations measured; the other "
+                  f"{total - measured - lost} are estimated from measured units of the same block, stride, options "
+                  f"and resolution (`lut check` says how well)"
+                  + (f"; {lost} have no measured neighbour and cannot be predicted" if lost else ""), highlight=False)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -110,13 +121,14 @@ def run_check(args: argparse.Namespace) -> int:
         report = check_table(config, space, table, backend, samples=args.samples,
                              progress=lambda done, total, msg: bar.update(task, completed=done, description=msg))
     rows = report.rows
+    predicted = [r for r in rows if r.predicted_ms is not None]
     predict_ms = 1e3 * sum(r.predict_s for r in rows) / len(rows)
     measure_s = sum(r.measure_s for r in rows) / len(rows)
     summary = {"table": str(path), "candidates": len(rows), "mape_percent": report.mape, "spearman": report.spearman,
                "predict_ms_per_candidate": predict_ms, "measure_s_per_candidate": measure_s}
     if args.json:
         print(json.dumps({"summary": summary, "rows": [r.__dict__ for r in rows]}, indent=1))
-        return 0
+        return 0 if len(predicted) >= 2 else 1
     out = Table(title=f"{path}: predicted vs measured on {table.backend}, {table.device}", title_justify="left")
     for col in ("predicted ms", "measured ms", "error"):
         out.add_column(col, justify="right", no_wrap=True)
@@ -126,6 +138,13 @@ def run_check(args: argparse.Namespace) -> int:
         pred = "missing units" if r.predicted_ms is None else f"{r.predicted_ms:.4f}"
         out.add_row(pred, f"{r.measured_ms:.4f}", err, r.candidate)
     console.print(out)
-    console.print(f"MAPE {report.mape:.1f}%, Spearman {report.spearman:.3f} over {len(rows)} candidates; prediction "
-                  f"{predict_ms:.3f} ms per candidate vs measurement {measure_s:.2f} s", highlight=False)
+    if len(predicted) < 2:
+        console.print(f"[bold red]no MAPE:[/] the table predicts {len(predicted)} of {len(rows)} candidates (the "
+                      "others have units with no measured neighbour); build it with a larger --max-configs or "
+                      "--samples", highlight=False)
+        return 1
+    unpredicted = f" ({len(rows) - len(predicted)} not predictable, left out)" if len(predicted) < len(rows) else ""
+    console.print(f"MAPE {report.mape:.1f}%, Spearman {report.spearman:.3f} over {len(predicted)} candidates"
+                  f"{unpredicted}; prediction {predict_ms:.3f} ms per candidate vs measurement {measure_s:.2f} s",
+                  highlight=False)
     return 0
