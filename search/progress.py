@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from search.front import front_trials
 from search.record import TrialRecord
-from search.study import evaluated
+from search.study import completed, evaluated
 
 
 class StudyProgress:
@@ -53,7 +53,8 @@ class StudyProgress:
             acc, lat = record.accuracy, record.latency_ms
             rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
             self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}", highlight=False)
-            self.progress.update(self.task, advance=1, front=len(front_trials(study)))
+            # the study's own count, so trials of other processes on the same study move the bar too
+            self.progress.update(self.task, completed=completed(study), front=len(front_trials(study)))
         else:
             reason = record.error or trial.state.name
             self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)

@@ -13,7 +13,8 @@ from rich.console import Console
 if TYPE_CHECKING:
     from search.config import StudyConfig
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Piped, tables are laid out for 160 columns and no line of text is wrapped, so paths and URLs stay whole.
+console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:

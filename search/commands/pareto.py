@@ -32,7 +32,7 @@ def show_front(run_dir: Path) -> None:
     fr = front(df)
     ref = default_reference(df)
     hv = hypervolume(fr["accuracy"], fr["latency_ms"], ref)
-    console.print(trials_table(fr, f"Pareto front of {config.name}: {len(fr)} of {len(df)} trials"))
+    console.print(trials_table(fr, f"Pareto front of {config.name}: {len(fr)} of {len(df)} trials", width=console.width))
     infeasible = df.loc[df["feasible"].map(lambda v: v is False), "trial"].tolist()
     if infeasible:
         limits = {k: v for k, v in config.constraints.model_dump().items() if v is not None}
@@ -44,7 +44,7 @@ def show_front(run_dir: Path) -> None:
         tentative = df[df["provisional"]].sort_values("latency_ms")
         if len(tentative):
             console.print(trials_table(tentative, "provisional: below the top rung and not dominated by the front "
-                                                  "(accuracy at the rung reached; not final)"))
+                                                  "(accuracy at the rung reached; not final)", width=console.width))
     paths = write_reports(df, run_dir, f"{config.name}: accuracy vs latency", study.user_attrs.get("base"))
     console.print(f"hypervolume {hv:.4f} (reference latency {ref:.4f} ms); wrote "
                   + ", ".join(str(p) for p in paths.values()), highlight=False)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ref = default_reference(df)
     fr = df[df["front"]]
-    console.print(trials_table(df, f"study {config.name}"))
+    console.print(trials_table(df, f"study {config.name}", width=console.width))
     fidelity = config.search.fidelity
     print_summary(console, df, hypervolume(fr["accuracy"], fr["latency_ms"], ref), ref,
                   fidelity.rungs if fidelity else None)
