@@ -9,7 +9,8 @@ import optuna
 
 from evaluators.latency.table import LatencyTable, Prediction
 from search.config import StudyConfig
-from search.lut import require_units
+from search.locks import say_stderr
+from search.lut import require_units, unpredictable
 from spaces import Space
 
 
@@ -38,7 +39,15 @@ class LatencyBudget:
         if table is None:
             return None
         require_units(space)
-        return cls(table, space, config.latency.budget_ms, config.latency.table)
+        lat = config.latency
+        if lat.budget_ms is not None:
+            total, _, lost = unpredictable(table, space)
+            if lost:
+                say_stderr(f"warning: latency.table {lat.table} cannot predict {lost} of the space's {total} unit "
+                           "configurations (no measured unit of their block, stride, options and resolution): "
+                           "candidates with them are trained without the latency.budget_ms check; rebuild the "
+                           "table with a larger --max-configs")
+        return cls(table, space, lat.budget_ms, lat.table)
 
     def predict(self, candidate: dict[str, Any]) -> Prediction:
         """The table's latency prediction for a candidate, from its units."""

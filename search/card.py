@@ -6,6 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+VERSUS_BASE = {  # how each comparison with the base reads: ratios as ×, shares and changes as percentages
+    "compression": lambda v: f"params {v:.2f}× fewer",
+    "flops_reduction": lambda v: f"FLOPs {-100 * v:+.1f}%",
+    "speedup": lambda v: f"speedup {v:.2f}×",
+    "accuracy_change": lambda v: f"accuracy {100 * v:+.2f} points",
+}
+
+
+def versus_base_line(base: dict[str, Any]) -> str:
+    """A candidate against its base in one line, each number in its own unit, e.g. `params 2.59× fewer, FLOPs
+    -33.4%, speedup 0.45×, accuracy -1.20 points`."""
+    return ", ".join(VERSUS_BASE[k](v) if k in VERSUS_BASE else f"{k.replace('_', ' ')} {v:.3f}"
+                     for k, v in base.items() if k != "base")
+
 
 def _si(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -53,8 +67,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     ]
     base = card.get("versus_base")
     if base:
-        parts = [f"{k.replace('_', ' ')} {v:.3f}" for k, v in base.items() if k != "base"]
-        rows.append(("versus base", ", ".join(parts)))
+        rows.append(("versus base", versus_base_line(base)))
     lines = [
         f"# {card['study']}, trial #{card['trial']}",
         "",

@@ -8,13 +8,13 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from evaluators.data import DataError
-from evaluators.latency.table import TableError
-from evaluators.onnx_export import ExportError
-from registry import UnknownName
 from search.commands import COMMANDS
 from search.errors import UsageError
-from spaces.compress import CompressError
+
+USAGE_ERRORS = (  # (module, class): errors of the layers below that are bad input, printed as one message
+    ("evaluators.latency.table", "TableError"), ("evaluators.onnx_export", "ExportError"),
+    ("registry", "UnknownName"), ("spaces.compress.errors", "CompressError"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,12 @@ def _error(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
+def loaded(pairs: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    """The classes named by (module, class) whose modules are imported: an error can only come from a module
+    that was, so the command line needs not import torch to recognise one."""
+    return tuple(getattr(sys.modules[module], name) for module, name in pairs if module in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; usage, recipe, data, checkpoint, export, latency-table and unknown-name errors print one
     message and exit with code 2."""
@@ -45,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _error(str(exc))
         return exc.exit_code
-    except DataError as exc:
-        _error(f"data: {exc}")
-        return UsageError.exit_code
-    except (CompressError, ExportError, TableError, UnknownName) as exc:
-        _error(str(exc))
+    except Exception as exc:
+        if isinstance(exc, loaded((("evaluators.data", "DataError"),))):
+            _error(f"data: {exc}")
+        elif isinstance(exc, loaded(USAGE_ERRORS)):
+            _error(str(exc))
+        else:
+            raise
         return UsageError.exit_code
     except KeyboardInterrupt:
         Console(stderr=True, soft_wrap=True).print("interrupted; completed trials are saved — resume with the same command")

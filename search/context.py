@@ -45,11 +45,13 @@ def build_space(config: StudyConfig, data: DataBundle) -> Space:
             **SCORINGS[config.space.type].space_inputs(config, data),
         )
     except CompressError as exc:
-        raise UsageError(f"space: {exc}") from None
+        message = str(exc)
+        raise UsageError(message if message.startswith("space.") else f"space: {message}") from None
 
 
 def build_context(config: StudyConfig) -> StudyContext:
     """Load the data, instantiate the space for it, and open the latency backend."""
+    config.train.resolved_device()  # a GPU asked for where there is none stops the start, not every trial
     data = recipe_data(config)
     space = build_space(config, data)
     backend = make_backend(config.latency, config.run_dir / "tensorrt")

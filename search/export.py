@@ -126,8 +126,28 @@ def export_trial(
 ) -> dict[str, Any]:
     """Write model.pt, candidate.json, recipe.yaml, model.onnx (and the model at the study's precision),
     model.engine (TensorRT), card.json and card.md for `trial` into `out`, measuring everything again with the
-    study's own scoring."""
-    out.mkdir(parents=True, exist_ok=True)
+    study's own scoring. A folder `out` this call created is removed again if the export fails (a trial without
+    weights, an engine that cannot be built), so no empty or half-written folder is left."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file, not a folder; name a folder to write the export into")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create it ({exc.strerror or exc}); name a folder you can write") from None
+    try:
+        return _write_export(config, study, trial, out, how=how, finetune_epochs=finetune_epochs, say=say)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_export(
+    config: StudyConfig, study: optuna.Study, trial: FrozenTrial, out: Path, *, how: str,
+    finetune_epochs: float | None, say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The files of `export_trial`, written into the existing folder `out`."""
     ctx = build_context(config)
     scoring = scoring_for(ctx)
     scoring.attach(study)

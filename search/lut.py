@@ -67,8 +67,9 @@ def build_table(
     networks: int = 12, seed: int = 0, progress: Progress | None = None,
 ) -> BuildReport:
     """Measure every distinct unit the space can produce (or, past `max_configs`, the units of `samples`
-    sampled candidates), then `networks` whole sampled networks to fit the per-network correction. The
-    measurements hold the machine's latency lock, so studies on this machine pause their fine-tunes meanwhile."""
+    sampled candidates), then `networks` whole sampled networks to fit the per-network correction. Each
+    measurement holds the machine's latency lock, so studies on this machine pause their fine-tunes for it, and
+    their own measurements take turns with the build instead of waiting for all of it."""
     require_units(space)
     lat = config.latency
     t0 = time.perf_counter()
@@ -87,9 +88,8 @@ def build_table(
                                                                                  space.image_size],
         coverage=coverage,
     )
-    with MachineLock().measuring():
-        skipped = measure_units(table, space, pool, backend, lat.precision, lat.batch_size, progress)
-        table.correction = fit_networks(table, space, backend, fit_nets, lat.precision, lat.batch_size, progress)
+    skipped = measure_units(table, space, pool, backend, lat.precision, lat.batch_size, progress)
+    table.correction = fit_networks(table, space, backend, fit_nets, lat.precision, lat.batch_size, progress)
     seconds = time.perf_counter() - t0
     table.meta.update(units_measured=len(table.entries), units_skipped=len(skipped), build_seconds=round(seconds, 1))
     return BuildReport(table, coverage, len(table.entries), skipped, seconds)
@@ -99,8 +99,10 @@ def measure_units(
     table: LatencyTable, space: Space, pool: dict[str, Unit], backend: LatencyBackend, precision: str,
     batch_size: int, progress: Progress | None = None,
 ) -> dict[str, str]:
-    """Time every unit of `pool` alone into `table`; returns the units that cannot be built, with why."""
+    """Time every unit of `pool` alone into `table`, each under the machine's latency lock; returns the units
+    that cannot be built, with why."""
     skipped: dict[str, str] = {}
+    lock = MachineLock()
     for i, (key, unit) in enumerate(pool.items()):
         if progress:
             progress(i, len(pool), f"unit {key}")
@@ -109,7 +111,8 @@ def measure_units(
         except (ValueError, TypeError) as exc:
             skipped[key] = f"{type(exc).__name__}: {exc}"
             continue
-        table.add(unit, measure_unit(backend, module, unit, precision, batch_size))
+        with lock.measuring():
+            table.add(unit, measure_unit(backend, module, unit, precision, batch_size))
     return skipped
 
 
@@ -117,8 +120,9 @@ def fit_networks(
     table: LatencyTable, space: Space, backend: LatencyBackend, candidates: list[dict[str, Any]], precision: str,
     batch_size: int, progress: Progress | None = None,
 ) -> Correction:
-    """Measure whole networks and fit the table's per-network correction on them."""
+    """Measure whole networks, each under the machine's latency lock, and fit the table's correction on them."""
     sums, counts, measured = [], [], []
+    lock = MachineLock()
     for j, candidate in enumerate(candidates):
         if progress:
             progress(j, len(candidates), "whole network (for the correction)")
@@ -126,7 +130,9 @@ def fit_networks(
         if prediction.missing:
             continue
         torch.manual_seed(0)
-        stats = backend.measure(space.build(candidate), _input_shape(space), precision, batch_size)
+        model = space.build(candidate)
+        with lock.measuring():
+            stats = backend.measure(model, _input_shape(space), precision, batch_size)
         sums.append(prediction.units_ms)
         counts.append(prediction.n_units)
         measured.append(stats.median_ms)
@@ -167,11 +173,10 @@ def check_table(
     require_units(space)
     lat = config.latency
     rows = []
-    with MachineLock().measuring():
-        for i, candidate in enumerate(sample_candidates(space, samples, seed)):
-            rows.append(_check_one(space, table, backend, candidate, lat.precision, lat.batch_size))
-            if progress:
-                progress(i + 1, samples, "predicting and measuring candidates")
+    for i, candidate in enumerate(sample_candidates(space, samples, seed)):
+        rows.append(_check_one(space, table, backend, candidate, lat.precision, lat.batch_size))
+        if progress:
+            progress(i + 1, samples, "predicting and measuring candidates")
     known = [r for r in rows if r.predicted_ms is not None]
     return CheckReport(rows, mape([r.predicted_ms for r in known], [r.measured_ms for r in known]),
                        spearman([r.predicted_ms for r in known], [r.measured_ms for r in known]))
@@ -179,16 +184,28 @@ def check_table(
 
 def _check_one(space: Space, table: LatencyTable, backend: LatencyBackend, candidate: dict[str, Any],
                precision: str, batch_size: int) -> CheckRow:
-    """Predict one candidate from the table, then measure it; each timed on its own."""
+    """Predict one candidate from the table, then measure it under the machine's latency lock; each timed on its
+    own."""
     t = time.perf_counter()
     prediction = table.predict(space.units(candidate))
     predict_s = time.perf_counter() - t
     torch.manual_seed(0)
     model = space.build(candidate)
-    t = time.perf_counter()
-    stats = backend.measure(model, _input_shape(space), precision, batch_size)
+    with MachineLock().measuring():
+        t = time.perf_counter()
+        stats = backend.measure(model, _input_shape(space), precision, batch_size)
+        measure_s = time.perf_counter() - t
     return CheckRow(space.describe(candidate), prediction.n_units, prediction.ms,
-                    prediction.units_ms, stats.median_ms, predict_s, time.perf_counter() - t)
+                    prediction.units_ms, stats.median_ms, predict_s, measure_s)
+
+
+def unpredictable(table: LatencyTable, space: Space) -> tuple[int, int, int]:
+    """(units the space can produce, of them measured, of them with neither a measurement nor a measured
+    neighbour to estimate them from): how much of the space the table covers."""
+    pool = distinct(space.all_units())
+    measured = sum(1 for key in pool if key in table.entries)
+    lost = sum(1 for key, unit in pool.items() if key not in table.entries and table.estimate(unit) is None)
+    return len(pool), measured, lost
 
 
 def load_table(path: str | Path, backend: LatencyBackend, precision: str, batch_size: int) -> LatencyTable:

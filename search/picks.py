@@ -4,13 +4,13 @@ latency or accuracy threshold)."""
 from __future__ import annotations
 
 import re
-
-import numpy as np
-import optuna
-from optuna.trial import FrozenTrial, TrialState
+from typing import TYPE_CHECKING
 
 from search.errors import UsageError
-from search.front import front_trials
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 PICKS = ("fastest", "most-accurate", "knee")
 _THRESHOLD = re.compile(r"^\s*(latency|latency_ms|accuracy)\s*(<=|>=)\s*([0-9.eE+-]+)\s*$")
@@ -18,6 +18,8 @@ _THRESHOLD = re.compile(r"^\s*(latency|latency_ms|accuracy)\s*(<=|>=)\s*([0-9.eE
 
 def exportable_front(study: optuna.Study) -> list[FrozenTrial]:
     """The study's front, fastest first; a UsageError when it is empty."""
+    from search.front import front_trials
+
     trials = front_trials(study)
     if not trials:
         raise UsageError(f"study {study.study_name!r} has no completed feasible trial yet; nothing to export")
@@ -27,6 +29,8 @@ def exportable_front(study: optuna.Study) -> list[FrozenTrial]:
 def knee(trials: list[FrozenTrial]) -> FrozenTrial:
     """The front trial farthest above the line from the fastest to the most accurate trial, with both
     objectives scaled to [0, 1] over the front (ties: the more accurate)."""
+    import numpy as np
+
     acc = np.array([t.values[0] for t in trials])
     lat = np.array([t.values[1] for t in trials])
     span_acc, span_lat = np.ptp(acc) or 1.0, np.ptp(lat) or 1.0
@@ -66,6 +70,8 @@ def pick_trial(study: optuna.Study, pick: str) -> FrozenTrial:
 
 def choose_trial(study: optuna.Study, number: int | None, pick: str | None) -> FrozenTrial:
     """The trial named by `--trial N`, or the one `--pick` selects from the front."""
+    from optuna.trial import TrialState
+
     if number is None:
         return pick_trial(study, pick or "knee")
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]

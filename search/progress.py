@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from search.front import front_trials
 from search.record import TrialRecord
-from search.study import evaluated
+from search.study import completed, evaluated
 
 
 class StudyProgress:
@@ -52,7 +53,44 @@ class StudyProgress:
             acc, lat = record.accuracy, record.latency_ms
             rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
             self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}", highlight=False)
-            self.progress.update(self.task, advance=1, front=len(front_trials(study)))
+            # the study's own count, so trials of other processes on the same study move the bar too
+            self.progress.update(self.task, completed=completed(study), front=len(front_trials(study)))
         else:
             reason = record.error or trial.state.name
             self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)
+
+
+class StepProgress:
+    """Progress of one long step (a base network's training, a latency table's build): a bar on a terminal, and
+    where output goes to a log, a line every `every_s` seconds and one at the end, so a log shows it is alive."""
+
+    def __init__(self, description: str, unit: str, console: Console | None = None, every_s: float = 30.0) -> None:
+        self.description, self.unit, self.every_s = description, unit, every_s
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
+        self.task = self.bar.add_task(description, total=None)
+        self.start = self.last = time.monotonic()
+
+    def __enter__(self) -> "StepProgress":
+        if self.console.is_terminal:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, done: float, total: float, message: str = "") -> None:
+        """`done` of `total` units so far; `message` says what is being done."""
+        if self.console.is_terminal:
+            self.bar.update(self.task, completed=done, total=total, description=(message or self.description)[:60])
+            return
+        now = time.monotonic()
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = f", about {elapsed * (total - done) / done:.0f} s left" if 0 < done < total else ""
+        what = f": {message}" if message else ""
+        self.console.print(f"{self.description}: {done:g}/{total:g} {self.unit} ({100 * done / max(total, 1e-9):.0f}%) "
+                           f"in {elapsed:.0f} s{eta}{what}", highlight=False)

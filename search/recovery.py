@@ -47,16 +47,23 @@ def _rdb(study: optuna.Study) -> RDBStorage | None:
     return backend if isinstance(backend, RDBStorage) and backend.heartbeat_interval else None
 
 
+WORKER_LOST = "worker lost (heartbeat stale)"  # the `error` of a trial whose process died
+
+
 def _fail(study: optuna.Study, trial_id: int) -> bool:
+    """Fail a dead worker's trial with the reason in its `error` attribute, and queue it again."""
     storage = study._storage
     try:
+        storage.set_trial_user_attr(trial_id, "error", WORKER_LOST)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:  # it finished (or another process failed it) meanwhile
         return False
     callback = storage.get_heartbeat_stale_trial_callback()
     if callback is not None:
-        callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+        dead = copy.deepcopy(storage.get_trial(trial_id))
+        dead.user_attrs = {k: v for k, v in dead.user_attrs.items() if k != "error"}  # the retry inherits them
+        callback(study, dead)
     return True
 
 

@@ -29,27 +29,65 @@ def _human(n: object) -> str:
     return f"{n:.0f}"
 
 
-def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> Table:
+DROP_FIRST = ("p90 ms", "s", "MACs", "params ÷", "state", "params", "speedup")  # at narrow widths, in this order
+CANDIDATE_MIN = 24  # the candidate column keeps at least this many characters a line
+
+
+def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True, width: int | None = None) -> Table:
     """A table of trials; Pareto-optimal rows are starred and bold; with constraints, a `feasible` column; in a
-    compression study, speedup and parameter compression against the base."""
+    compression study, speedup and parameter compression against the base. Within `width` columns (a terminal
+    of 80, say) the less important columns are left out (`DROP_FIRST`), so the trial number stays whole and the
+    candidate keeps `CANDIDATE_MIN` characters a line."""
+    columns, rows, styles = _trials_columns(df, show_candidate)
+    drop: list[str] = []
+    for name in DROP_FIRST:
+        if width is None or _needed_width(columns, rows, show_candidate, drop) <= width:
+            break
+        drop.append(name)
+    kept = [i for i, (header, _) in enumerate(columns) if header not in drop]
     table = Table(title=title, title_justify="left")
+    for i in kept:
+        header, kw = columns[i]
+        table.add_column(header, **kw)
+    for row, style in zip(rows, styles):
+        table.add_row(*(row[i] for i in kept), style=style)
+    return table
+
+
+def _needed_width(columns: list[tuple[str, dict[str, Any]]], rows: list[list[str]], show_candidate: bool,
+                  drop: list[str]) -> int:
+    """Characters a line needs with the `drop` columns left out: each column its widest cell (the candidate
+    `CANDIDATE_MIN`), plus 3 for its border and padding."""
+    out = 1
+    for i, (header, _) in enumerate(columns):
+        if header in drop:
+            continue
+        last = show_candidate and i == len(columns) - 1
+        out += 3 + (CANDIDATE_MIN if last else max([len(header), *(len(r[i]) for r in rows)]))
+    return out
+
+
+def _trials_columns(
+    df: pd.DataFrame, show_candidate: bool
+) -> tuple[list[tuple[str, dict[str, Any]]], list[list[str]], list[str | None]]:
+    """The trials table's columns (header, rich options), its rows as text, and each row's style."""
+    right, centre = {"justify": "right", "no_wrap": True}, {"justify": "center", "no_wrap": True}
     constrained = "feasible" in df and df["feasible"].map(lambda v: v is not None).any()
-    for col, kw in [("#", {"justify": "right"}), ("state", {}), ("front", {"justify": "center"}),
-                    ("accuracy", {"justify": "right"}), ("latency ms", {"justify": "right"}),
-                    ("p90 ms", {"justify": "right"}), ("MACs", {"justify": "right"}),
-                    ("params", {"justify": "right"}), ("s", {"justify": "right"})]:
-        table.add_column(col, no_wrap=True, **kw)
+    columns: list[tuple[str, dict[str, Any]]] = [
+        ("#", right), ("state", {"no_wrap": True}), ("front", centre), ("accuracy", right), ("latency ms", right),
+        ("p90 ms", right), ("MACs", right), ("params", right), ("s", right),
+    ]
     if constrained:
-        table.add_column("feasible", justify="center", no_wrap=True)
+        columns.append(("feasible", centre))
     rungs = "top_rung" in df and df["top_rung"].notna().any()
     if rungs:
-        table.add_column("rung", justify="center", no_wrap=True)
+        columns.append(("rung", centre))
     versus = "speedup" in df and df["speedup"].notna().any()
     if versus:
-        table.add_column("speedup", justify="right", no_wrap=True)
-        table.add_column("params ÷", justify="right", no_wrap=True)
+        columns += [("speedup", right), ("params ÷", right)]
     if show_candidate:
-        table.add_column("candidate / error", overflow="fold")
+        columns.append(("candidate / error", {"overflow": "fold", "min_width": CANDIDATE_MIN}))
+    rows, styles = [], []
     for _, r in df.iterrows():
         on_front = bool(r.get("front", False))
         row = [
@@ -65,8 +103,9 @@ def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True) -> T
             row += [f"{r[k]:{fmt}}×" if pd.notna(r[k]) else "-" for k, fmt in (("speedup", ".2f"), ("compression", ".1f"))]
         if show_candidate:
             row.append(r["error"] or r["candidate"])
-        table.add_row(*row, style="bold" if on_front else None)
-    return table
+        rows.append(row)
+        styles.append("bold" if on_front else None)
+    return columns, rows, styles
 
 
 def rung_summary(df: pd.DataFrame, rungs: list[float]) -> str:

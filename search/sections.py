@@ -13,6 +13,11 @@ from evaluators.train import resolve_device
 from registry import Registry, UnknownName
 from search.errors import UsageError
 
+MAX_EPOCHS = 1000  # fine-tunes and base trainings; more is a typo, and would run for days
+MAX_BATCH = 65_536  # images per batch, for training and for latency
+MAX_THREADS = 1024
+MAX_TRIALS = 100_000
+
 
 def known(registry: Registry[Any], name: str, alternative: str = "") -> None:
     """A validator's check that `name` is registered: ValueError with the registry's message otherwise."""
@@ -46,22 +51,22 @@ class DataConfig(Section):
 class TrainConfig(Section):
     """Recipe section `train:`: the quick fine-tune every candidate gets before it is scored."""
 
-    epochs: float = Field(3.0, gt=0, description="fine-tune length in epochs (fractions allowed)")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.05, gt=0)
+    epochs: float = Field(3.0, gt=0, le=MAX_EPOCHS, description="fine-tune length in epochs (fractions allowed)")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1, description="train on at most this many images per trial")
     max_eval_samples: int | None = Field(None, ge=1, description="score on at most this many validation images")
-    threads: int = Field(0, ge=0, description="torch threads for training (0: all cores)")
+    threads: int = Field(0, ge=0, le=MAX_THREADS, description="torch threads for training (0: all cores)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where fine-tunes run: auto is the CUDA GPU where torch sees one, else the CPU"
     )
     kd_alpha: float = Field(0.0, ge=0, le=1, description="weight of distillation from the base (compress space)")
-    kd_temperature: float = Field(4.0, gt=0, description="softmax temperature of the distillation loss")
+    kd_temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of the distillation loss")
     bn_batches: int = Field(
-        20, ge=0, description="training batches that recalibrate BatchNorm before a compressed candidate's fine-tune"
+        20, ge=0, le=10_000, description="training batches that recalibrate BatchNorm before a compressed candidate's fine-tune"
     )
 
     def resolved_device(self) -> str:
@@ -77,10 +82,10 @@ class LatencyConfig(Section):
 
     backend: str = Field("auto", description="auto, onnxruntime, tensorrt or torch")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    batch_size: int = Field(1, ge=1)
-    threads: int = Field(1, ge=1, description="CPU threads the engine may use")
-    max_seconds: float = Field(3.0, gt=0, description="time cap for the timed rounds of one model")
-    target_cv: float = Field(0.02, gt=0, description="stop timing once round medians vary less than this")
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    threads: int = Field(1, ge=1, le=MAX_THREADS, description="CPU threads the engine may use")
+    max_seconds: float = Field(3.0, gt=0, le=3600, description="time cap for the timed rounds of one model")
+    target_cv: float = Field(0.02, gt=0, le=1, description="stop timing once round medians vary less than this")
     cuda_graph: bool = Field(
         True, description="on a GPU, time replays of a CUDA graph of the forward (false: plain launches)"
     )
@@ -117,7 +122,7 @@ class FidelityConfig(Section):
         min_length=2, description="fine-tune epochs at each rung, ascending; the last is the top rung and equals "
         "train.epochs; 0 scores after adaptive BN alone (compress space)",
     )
-    eta: float = Field(3.0, gt=1, description="promotion factor: the best 1/eta of a rung's candidates go on")
+    eta: float = Field(3.0, gt=1, le=100, description="promotion factor: the best 1/eta of a rung's candidates go on")
     max_per_rung: list[int | None] | None = Field(
         None, description="at most this many candidates reach each rung (one entry per rung; null: no cap)"
     )
@@ -151,16 +156,16 @@ class SearchConfig(Section):
     """Recipe section `search:`: the sampler and the trial budget."""
 
     sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
-    trials: int = Field(30, ge=1, description="candidates to evaluate (completed trials)")
+    trials: int = Field(30, ge=1, le=MAX_TRIALS, description="candidates to evaluate (completed trials)")
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
-    startup_trials: int = Field(10, ge=0, description="random trials before TPE or GP models the space")
-    population_size: int = Field(16, ge=2, description="NSGA-II population")
+    startup_trials: int = Field(10, ge=0, le=MAX_TRIALS, description="random trials before TPE or GP models the space")
+    population_size: int = Field(16, ge=2, le=10_000, description="NSGA-II population")
     anchors: int = Field(
-        3, ge=0, description="compress space: uniform policies evaluated first, at this many keep ratios per precision"
+        3, ge=0, le=100, description="compress space: uniform policies evaluated first, at this many keep ratios per precision"
     )
-    max_consecutive_failures: int = Field(5, ge=1, description="stop the study after this many failed trials in a row")
+    max_consecutive_failures: int = Field(5, ge=1, le=MAX_TRIALS, description="stop the study after this many failed trials in a row")
     heartbeat_interval: int = Field(
-        10, ge=1, description="seconds between a running trial's heartbeats; a trial silent for 3 intervals is retried"
+        10, ge=1, le=3600, description="seconds between a running trial's heartbeats; a trial silent for 3 intervals is retried"
     )
     fidelity: FidelityConfig | None = Field(None, description="multi-fidelity search (successive halving); null: off")
 

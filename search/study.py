@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluators.latency import LatencyBackend
 from search.config import StudyConfig
 from search.errors import UsageError
-from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, read_frozen, run_dir_storage
+from search.frozen import CONFIG_FILE, check_and_freeze, own_storage, read_frozen, remove_failed_start, run_dir_storage
 from search.locks import locked
 from search.record import TrialRecord
 from search.recovery import grace_period, recover_stale_trials
@@ -90,18 +90,34 @@ def seeded_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSample
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def stored_evaluations(config: StudyConfig) -> int:
+    """How many candidates the study of the recipe's run has evaluated so far (0 where it has no study, or its
+    SQLite file does not exist: it is not created to find out)."""
+    url = storage_url(config)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return 0
+    try:
+        study = optuna.load_study(study_name=config.name, storage=make_storage(url, config.search.heartbeat_interval))
+    except KeyError:
+        return 0
+    return completed(study)
+
+
 @contextmanager
 def frozen_recipe(config: StudyConfig) -> Iterator[None]:
     """Freeze the resolved recipe (with its storage URL) into the run directory, refusing one that changes an
-    existing study (see search/frozen.py). Wraps the opening of the study: if that fails in a new run
-    directory, the frozen recipe is taken back, so a corrected command (another --storage, a data root that
-    exists) can start it."""
+    existing study with evaluated trials (see search/frozen.py). Wraps the opening of the study: if that fails
+    in a new run directory, the frozen recipe and the directory are taken back, so a corrected command (another
+    --storage, a data root that exists) can start it and no empty run directory is left."""
+    new_dir = not config.run_dir.exists()
     fresh = not (config.run_dir / CONFIG_FILE).exists()
-    check_and_freeze(config, storage_url(config))
+    check_and_freeze(config, storage_url(config), lambda: stored_evaluations(config))
     try:
         yield
     except BaseException:
-        if fresh:
+        if new_dir:
+            remove_failed_start(config.run_dir)
+        elif fresh:
             (config.run_dir / CONFIG_FILE).unlink(missing_ok=True)
         raise
 
@@ -133,8 +149,9 @@ def create_or_load_study(config: StudyConfig) -> optuna.Study:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(OBJECTIVES))
-    if "recipe" not in study.user_attrs:
-        study.set_user_attr("recipe", json.loads(json.dumps(config.dump())))
+    recipe = json.loads(json.dumps(config.dump()))
+    if study.user_attrs.get("recipe") != recipe and ("recipe" not in study.user_attrs or completed(study) == 0):
+        study.set_user_attr("recipe", recipe)  # the recipe of a study with no result yet may still be corrected
     return study
 
 
@@ -198,7 +215,7 @@ def check_backend(study: optuna.Study, backend: LatencyBackend, precision: str) 
     """Refuse to mix latencies from different backends, devices or precisions in one study."""
     mine = {"backend": backend.name, "device": backend.device(), "precision": precision}
     recorded = study.user_attrs.get("latency_backend")
-    if recorded is None:
+    if recorded is None or (recorded != mine and completed(study) == 0):
         study.set_user_attr("latency_backend", mine)
     elif recorded != mine:
         raise UsageError(

@@ -90,6 +90,7 @@ def test_dashboard_on_a_busy_port_is_a_usage_error(recipe_file):
         )
     assert res.returncode == 2
     assert f"cannot serve on 127.0.0.1:{port}" in res.stderr and "--port" in res.stderr
+    assert "optuna-dashboard for study" not in res.stdout  # nothing claims to listen on a busy port
 
 
 def test_a_port_out_of_range_is_refused_before_anything_opens(tmp_path, capsys):

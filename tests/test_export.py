@@ -105,6 +105,7 @@ def test_a_trial_off_the_front_is_refused_for_want_of_weights(finished, tmp_path
     for n in (n for n in trials if n not in front):
         assert main(["export", str(config.run_dir), "--trial", str(n), "--out", str(tmp_path / "off")]) == 2
         assert f"trial #{n} has no stored weights" in capsys.readouterr().err
+        assert not (tmp_path / "off").exists()  # no empty --out folder is left
 
 
 def test_export_bad_requests_are_usage_errors(finished, tmp_path, capsys):

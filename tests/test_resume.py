@@ -119,7 +119,9 @@ def test_trial_killed_before_its_first_heartbeat_is_recovered(recipe_file):
     assert recover_stale_trials(study, say=said.append) == [orphan.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[orphan.number] == TrialState.FAIL
+    assert study.trials[orphan.number].user_attrs["error"] == "worker lost (heartbeat stale)"
     assert [t.state for t in study.trials if t.number != orphan.number] == [TrialState.WAITING]
+    assert all("error" not in t.user_attrs for t in study.trials if t.number != orphan.number)
     assert any("marked running" in s for s in said)
 
 

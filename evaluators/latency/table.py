@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -151,12 +151,46 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 @dataclass
 class Prediction:
-    """Predicted whole-network latency; `ms` is None when some units are not in the table (`missing`)."""
+    """Predicted whole-network latency; `ms` is None when some units are neither in the table nor have a measured
+    neighbour (`missing`); `estimated` are the units predicted from their neighbours (see `LatencyTable.estimate`)."""
 
     ms: float | None
     units_ms: float
     n_units: int
     missing: list[str] = field(default_factory=list)
+    estimated: list[str] = field(default_factory=list)
+
+
+def family_key(unit: Mapping[str, Any]) -> str:
+    """A unit's key without its channel counts: units of one family differ only in width."""
+    return unit_key({**unit, "in_channels": "C", "out_channels": "C"})
+
+
+def fit_family(members: list[tuple[int, int, float]]) -> Callable[[int, int], float]:
+    """Latency as a function of (in, out) channels from a family's measured units: least squares on
+    `a + b·in + c·out + d·in·out` where the members pin it down (at least 6, with 2+ distinct values of each),
+    else the nearest member's latency scaled by the work ratio `in·out / in'·out'` (capped to ×4 either way).
+    The fit is kept within the family's measured range, widened by the same work ratio."""
+    cin = np.array([m[0] for m in members], dtype=float)
+    cout = np.array([m[1] for m in members], dtype=float)
+    ms = np.array([m[2] for m in members], dtype=float)
+    coef = None
+    if len(members) >= 6 and len(set(cin)) > 1 and len(set(cout)) > 1:
+        design = np.stack([np.ones_like(cin), cin, cout, cin * cout], axis=1)
+        coef = np.linalg.lstsq(design, ms, rcond=None)[0]
+
+    def nearest(i: int, o: int) -> float:
+        k = int(np.argmin(np.abs(np.log(cin / i)) + np.abs(np.log(cout / o))))
+        return float(ms[k] * min(4.0, max(0.25, (i * o) / (cin[k] * cout[k]))))
+
+    def predict(i: int, o: int) -> float:
+        near = nearest(i, o)
+        if coef is None:
+            return near
+        value = float(coef @ np.array([1.0, i, o, i * o]))
+        return value if 0.5 * near <= value <= 2.0 * near else near
+
+    return predict
 
 
 @dataclass
@@ -190,17 +224,31 @@ class LatencyTable:
         entry = self.entries.get(unit_key(unit))
         return None if entry is None else float(entry["median_ms"])
 
+    def estimate(self, unit: Mapping[str, Any]) -> float | None:
+        """A latency for a unit that was not measured, from the measured units of its family (the same block,
+        stride, options and resolutions; see `fit_family`); None where the family has no measured unit."""
+        if getattr(self, "_families", None) is None or self._families_size != len(self.entries):
+            groups: dict[str, list[tuple[int, int, float]]] = {}
+            for entry in self.entries.values():
+                u = entry["unit"]
+                groups.setdefault(family_key(u), []).append((u["in_channels"], u["out_channels"], entry["median_ms"]))
+            self._families = {k: fit_family(v) for k, v in groups.items()}
+            self._families_size = len(self.entries)
+        fit = self._families.get(family_key(unit))
+        return None if fit is None else fit(unit["in_channels"], unit["out_channels"])
+
     def predict(self, units: Sequence[Mapping[str, Any]]) -> Prediction:
-        """Whole-network latency: the corrected sum of the units' table latencies."""
-        total, missing = 0.0, []
+        """Whole-network latency: the corrected sum of the units' table latencies, a unit that was not measured
+        estimated from its measured neighbours."""
+        total, missing, estimated = 0.0, [], []
         for unit in units:
             ms = self.lookup(unit)
             if ms is None:
-                missing.append(unit_key(unit))
-            else:
-                total += ms
+                ms = self.estimate(unit)
+                (missing if ms is None else estimated).append(unit_key(unit))
+            total += ms or 0.0
         ms_pred = None if missing else self.correction.apply(total, len(units))
-        return Prediction(ms_pred, total, len(units), missing)
+        return Prediction(ms_pred, total, len(units), missing, estimated)
 
     def check_matches(self, backend: LatencyBackend, precision: str, batch_size: int, source: str = "table") -> None:
         """Refuse a table measured with another backend, version, device, precision or batch size."""

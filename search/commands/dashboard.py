@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
-from search.artifacts import artifact_store
 from search.commands.common import console, tcp_port
 from search.errors import UsageError
-from search.study import open_study
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,11 +23,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A UsageError unless `host:port` can be listened on now, so nothing says "listening" on a busy port."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--port {port}: cannot serve on {host}:{port}: {exc.strerror or exc}; choose another "
+                         "--port (or --host)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch dashboard`; returns the exit code."""
     from optuna_dashboard import run_server
 
+    from search.artifacts import artifact_store
+    from search.study import open_study
+
     config, study = open_study(args.run_dir)
+    check_port_free(args.host, args.port)
     console.print(f"optuna-dashboard for study [bold]{config.name}[/] ({len(study.trials)} trials): "
                   f"http://{args.host}:{args.port}/dashboard/  (Ctrl-C stops it)", highlight=False)
     try:

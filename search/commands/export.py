@@ -7,9 +7,7 @@ from pathlib import Path
 
 from search.commands.common import console
 from search.errors import UsageError
-from search.export import export_trial
-from search.picks import PICKS, choose_trial
-from search.study import open_study
+from search.picks import PICKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch export`; returns the exit code."""
+    from search.export import export_trial
+    from search.picks import choose_trial
+    from search.study import open_study
+
     if args.finetune_epochs is not None and args.finetune_epochs <= 0:
         raise UsageError(f"--finetune-epochs: expected a positive number of epochs, got {args.finetune_epochs}")
     config, study = open_study(args.run_dir)

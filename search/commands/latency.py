@@ -5,25 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from evaluators.latency import PRECISIONS, LatencyStats, UnsupportedRequest, resolve_backend_name
-from evaluators.latency.base import onnx_input_dims
-from evaluators.latency.timing import interleaved
-from evaluators.onnx_export import ExportError
-from evaluators.precision import PrecisionError
 from search.commands.common import console
-from search.config import StudyConfig, load_config
-from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
-from search.locks import MachineLock
-from search.lut import sample_candidates
-from search.record import TrialRecord
-from search.sections import LatencyConfig
-from search.study import open_study
-from spaces import get_space
+
+if TYPE_CHECKING:
+    from evaluators.latency import LatencyStats
+    from search.config import StudyConfig
+    from search.sections import LatencyConfig
+
+PRECISIONS = ("fp32", "fp16", "int8")  # evaluators.latency.PRECISIONS, named here so --help needs no engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +62,8 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
 
 def onnx_input(path: Path) -> list[int | None]:
     """The first input's dimensions (None where symbolic); an unreadable file is a UsageError."""
+    from evaluators.latency.base import onnx_input_dims
+
     try:
         return onnx_input_dims(path)
     except Exception as exc:  # onnx raises DecodeError, IndexError, OSError, ... for a bad file
@@ -78,6 +72,8 @@ def onnx_input(path: Path) -> list[int | None]:
 
 def latency_settings(args: argparse.Namespace, base: LatencyConfig) -> LatencyConfig:
     """The recipe's (or default) latency section with the command-line flags applied."""
+    from search.sections import LatencyConfig
+
     update = {k: v for k, v in {
         "backend": args.backend, "precision": args.precision, "batch_size": args.batch_size, "threads": args.threads,
         "max_seconds": args.max_seconds,
@@ -90,6 +86,10 @@ def latency_settings(args: argparse.Namespace, base: LatencyConfig) -> LatencyCo
 
 def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
     """Time the ONNX file named on the command line, under the machine's latency lock."""
+    from search.context import make_backend
+    from search.locks import MachineLock
+    from search.sections import LatencyConfig
+
     dims = onnx_input(args.target)
     if len(dims) != 4:
         raise UsageError(f"{args.target}: expected an image model with a 4-d input (N, C, H, W), got {len(dims)}-d")
@@ -106,6 +106,12 @@ def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
 
 def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[tuple[str, Any]], tuple[int, int, int]]:
     """(label, nn.Module) pairs to time, and the input shape of one image."""
+    from search.context import build_space, recipe_data
+    from search.lut import sample_candidates
+    from search.record import TrialRecord
+    from search.study import open_study
+    from spaces import get_space
+
     shape = parse_shape(args.input_shape)
     if shape is None:
         data = recipe_data(config)
@@ -140,6 +146,12 @@ def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[t
 
 def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
     """Time the recipe's sampled candidates or trial, under the machine's latency lock."""
+    import torch
+
+    from search.config import load_config
+    from search.context import make_backend
+    from search.locks import MachineLock
+
     config = load_config(args.target, args.overrides)
     lat = latency_settings(args, config.latency)
     models, shape = recipe_models(args, config)
@@ -154,6 +166,12 @@ def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
 
 def compare(args: argparse.Namespace) -> int:
     """`slimsearch latency --compare BASE.onnx OTHER.onnx …`: every model timed interleaved with the first."""
+    from evaluators.latency import resolve_backend_name
+    from evaluators.latency.timing import interleaved
+    from search.context import make_backend
+    from search.locks import MachineLock
+    from search.sections import LatencyConfig
+
     paths = list(args.compare)
     if args.target is not None:
         raise UsageError("--compare takes the models itself: slimsearch latency --compare BASE.onnx OTHER.onnx ...")
@@ -200,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
         return compare(args)
     if args.target is None:
         raise UsageError("name MODEL.onnx or STUDY.yaml to time, or --compare BASE.onnx OTHER.onnx ...")
+    from evaluators.latency import UnsupportedRequest
+    from evaluators.onnx_export import ExportError
+    from evaluators.precision import PrecisionError
+
     if not args.target.is_file():
         raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")
     try:

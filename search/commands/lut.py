@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evaluators.latency import LatencyBackend
-from evaluators.latency.table import LatencyTable
 from search.commands.common import add_recipe_args, console, recipe_from_args
-from search.config import StudyConfig
-from search.context import build_space, make_backend, recipe_data
 from search.errors import UsageError
-from search.lut import build_table, check_table, load_table, require_units
-from search.staircase import STAIRCASE_PNG, TABLE_FILE, attach, plot_staircase
-from spaces import Space
+
+if TYPE_CHECKING:
+    from evaluators.latency import LatencyBackend
+    from evaluators.latency.table import LatencyTable
+    from search.config import StudyConfig
+    from spaces import Space
+
+TABLE_FILE = "latency_table.json"  # search.staircase.TABLE_FILE, named here so --help needs no engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +56,9 @@ def _progress() -> Progress:
 
 def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
     """The recipe's blocks space and its latency backend."""
+    from search.context import build_space, make_backend, recipe_data
+    from search.lut import require_units
+
     data = recipe_data(config)
     space = build_space(config, data)
     require_units(space)
@@ -63,17 +68,15 @@ def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
 
 def run_build(args: argparse.Namespace) -> int:
     """`slimsearch lut build`: measure every unit of the recipe's space and fit the table's correction."""
+    from search.lut import build_table
+    from search.progress import StepProgress
+
     config = recipe_from_args(args)
     if min(args.max_configs, args.samples, args.networks) < 0:
         raise UsageError("--max-configs, --samples and --networks must not be negative")
     space, backend = _open(config)
     out = args.out or config.run_dir / TABLE_FILE
-    with _progress() as bar:
-        task = bar.add_task("measuring", total=None)
-
-        def step(done: int, total: int, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=message[:60])
-
+    with StepProgress("lut build", "measurements", console=console) as step:  # a bar, or lines in a log
         report = build_table(config, space, backend, max_configs=args.max_configs, samples=args.samples,
                              networks=args.networks, seed=config.seed, progress=step)
     report.table.save(out)
@@ -88,12 +91,15 @@ def run_build(args: argparse.Namespace) -> int:
                   f"+ {c.scale:.3f} × Σ units ({fit})", highlight=False)
     console.print(f"wrote {out} ({len(t.entries)} entries)", highlight=False)
     if config.space.type == "compress":
-        write_staircase(config, space, t, out.with_name(STAIRCASE_PNG))
+        write_staircase(config, space, t, out.with_name("staircase.png"))
+    say_coverage(report.table, space)
     return 0
 
 
 def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path: Path) -> None:
     """A compression recipe's staircase: the picture, and per group the widths a study offers."""
+    from search.staircase import attach, plot_staircase
+
     stairs = attach(space, table)
     plot_staircase(stairs, space.offered, path, f"{config.name}: latency staircase per group ({table.backend}, "
                                                 f"{table.device}, batch {table.batch_size})")
@@ -105,8 +111,23 @@ def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path
         console.print(f"  {group}: {', '.join(map(str, widths))}", highlight=False)
 
 
+def say_coverage(table: LatencyTable, space: Space) -> None:
+    """One line on how the table covers the space: measured, estimated from neighbours, or not predictable."""
+    from search.lut import unpredictable
+
+    total, measured, lost = unpredictable(table, space)
+    if measured == total:
+        return
+    console.print(f"coverage: {measured} of the space's {total} unit configurations measured; the other "
+                  f"{total - measured - lost} are estimated from measured units of the same block, stride, options "
+                  f"and resolution (`lut check` says how well)"
+                  + (f"; {lost} have no measured neighbour and cannot be predicted" if lost else ""), highlight=False)
+
+
 def run_check(args: argparse.Namespace) -> int:
     """`slimsearch lut check`: compare the table's predictions with measured latencies (MAPE, Spearman)."""
+    from search.lut import check_table, load_table
+
     config = recipe_from_args(args)
     if args.samples < 2:
         raise UsageError(f"--samples {args.samples}: need at least 2 candidates to rank")
@@ -119,13 +140,14 @@ def run_check(args: argparse.Namespace) -> int:
         report = check_table(config, space, table, backend, samples=args.samples,
                              progress=lambda done, total, msg: bar.update(task, completed=done, description=msg))
     rows = report.rows
+    predicted = [r for r in rows if r.predicted_ms is not None]
     predict_ms = 1e3 * sum(r.predict_s for r in rows) / len(rows)
     measure_s = sum(r.measure_s for r in rows) / len(rows)
     summary = {"table": str(path), "candidates": len(rows), "mape_percent": report.mape, "spearman": report.spearman,
                "predict_ms_per_candidate": predict_ms, "measure_s_per_candidate": measure_s}
     if args.json:
         print(json.dumps({"summary": summary, "rows": [r.__dict__ for r in rows]}, indent=1))
-        return 0
+        return 0 if len(predicted) >= 2 else 1
     out = Table(title=f"{path}: predicted vs measured on {table.backend}, {table.device}", title_justify="left")
     for col in ("predicted ms", "measured ms", "error"):
         out.add_column(col, justify="right", no_wrap=True)
@@ -135,6 +157,13 @@ def run_check(args: argparse.Namespace) -> int:
         pred = "missing units" if r.predicted_ms is None else f"{r.predicted_ms:.4f}"
         out.add_row(pred, f"{r.measured_ms:.4f}", err, r.candidate)
     console.print(out)
-    console.print(f"MAPE {report.mape:.1f}%, Spearman {report.spearman:.3f} over {len(rows)} candidates; prediction "
-                  f"{predict_ms:.3f} ms per candidate vs measurement {measure_s:.2f} s", highlight=False)
+    if len(predicted) < 2:
+        console.print(f"[bold red]no MAPE:[/] the table predicts {len(predicted)} of {len(rows)} candidates (the "
+                      "others have units with no measured neighbour); build it with a larger --max-configs or "
+                      "--samples", highlight=False)
+        return 1
+    unpredicted = f" ({len(rows) - len(predicted)} not predictable, left out)" if len(predicted) < len(rows) else ""
+    console.print(f"MAPE {report.mape:.1f}%, Spearman {report.spearman:.3f} over {len(predicted)} candidates"
+                  f"{unpredicted}; prediction {predict_ms:.3f} ms per candidate vs measurement {measure_s:.2f} s",
+                  highlight=False)
     return 0

@@ -6,11 +6,6 @@ import argparse
 from pathlib import Path
 
 from search.commands.common import console
-from search.front import hypervolume
-from search.pareto import default_reference, front, trials_frame, write_reports
-from search.report import print_sparsity, rung_summary, trials_table
-from search.study import open_study
-from spaces import get_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def show_front(run_dir: Path) -> None:
     """Print the front and write the reports next to the study."""
+    from search.front import hypervolume
+    from search.pareto import default_reference, front, trials_frame, write_reports
+    from search.report import print_sparsity, rung_summary, trials_table
+    from search.study import open_study
+    from spaces import get_space
+
     config, study = open_study(run_dir)
     df = trials_frame(study, get_space(config.space.type).describe)
     if df.empty or not (df["state"] == "COMPLETE").any():
@@ -31,7 +32,7 @@ def show_front(run_dir: Path) -> None:
     fr = front(df)
     ref = default_reference(df)
     hv = hypervolume(fr["accuracy"], fr["latency_ms"], ref)
-    console.print(trials_table(fr, f"Pareto front of {config.name}: {len(fr)} of {len(df)} trials"))
+    console.print(trials_table(fr, f"Pareto front of {config.name}: {len(fr)} of {len(df)} trials", width=console.width))
     infeasible = df.loc[df["feasible"].map(lambda v: v is False), "trial"].tolist()
     if infeasible:
         limits = {k: v for k, v in config.constraints.model_dump().items() if v is not None}
@@ -43,7 +44,7 @@ def show_front(run_dir: Path) -> None:
         tentative = df[df["provisional"]].sort_values("latency_ms")
         if len(tentative):
             console.print(trials_table(tentative, "provisional: below the top rung and not dominated by the front "
-                                                  "(accuracy at the rung reached; not final)"))
+                                                  "(accuracy at the rung reached; not final)", width=console.width))
     paths = write_reports(df, run_dir, f"{config.name}: accuracy vs latency", study.user_attrs.get("base"))
     console.print(f"hypervolume {hv:.4f} (reference latency {ref:.4f} ms); wrote "
                   + ", ".join(str(p) for p in paths.values()), highlight=False)

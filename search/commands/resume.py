@@ -7,8 +7,6 @@ from pathlib import Path
 
 from search.commands.common import add_budget_args, console
 from search.commands.pareto import show_front
-from search.executors.inprocess import run_study
-from search.study import load_run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch resume`; returns the exit code."""
+    from search.executors.inprocess import run_study
+    from search.study import load_run_config
+
     config = load_run_config(args.run_dir)
     if args.trials:  # a new budget for the run, frozen in its place
         config.search.trials = args.trials

@@ -7,8 +7,6 @@ import argparse
 from search.commands.common import add_budget_args, add_recipe_args, console, positive, recipe_from_args
 from search.commands.pareto import show_front
 from search.errors import UsageError
-from search.executors.inprocess import run_study
-from search.executors.local import run_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.trials:  # the run's budget is frozen with it, so `resume` goes on to the same number
         args.overrides.append(f"search.trials={args.trials}")
     check_executor_args(args)
+    from search.executors.inprocess import run_study
+    from search.executors.local import run_workers
+
     config = recipe_from_args(args)
     console.print(f"study [bold]{config.name}[/] → {config.run_dir}", highlight=False)
     progress = not args.no_progress

@@ -6,11 +6,6 @@ import argparse
 from pathlib import Path
 
 from search.commands.common import console
-from search.front import hypervolume
-from search.pareto import default_reference, trials_frame
-from search.report import print_sparsity, print_summary, trials_table
-from search.study import open_study
-from spaces import get_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch status`; returns the exit code."""
+    from search.front import hypervolume
+    from search.pareto import default_reference, trials_frame
+    from search.report import print_sparsity, print_summary, trials_table
+    from search.study import open_study
+    from spaces import get_space
+
     config, study = open_study(args.run_dir)
     df = trials_frame(study, get_space(config.space.type).describe)
     if df.empty:
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ref = default_reference(df)
     fr = df[df["front"]]
-    console.print(trials_table(df, f"study {config.name}"))
+    console.print(trials_table(df, f"study {config.name}", width=console.width))
     fidelity = config.search.fidelity
     print_summary(console, df, hypervolume(fr["accuracy"], fr["latency_ms"], ref), ref,
                   fidelity.rungs if fidelity else None)

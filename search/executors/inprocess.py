@@ -53,12 +53,12 @@ def run_study(
     with frozen_recipe(config):
         ctx = build_context(config)
         study = create_or_load_study(config)
-    check_backend(study, ctx.backend, config.latency.precision)
+        check_backend(study, ctx.backend, config.latency.precision)
+        objective = make_objective(ctx)
     if recover:
         recover_stale_trials(study)
     enqueue_anchors(study, ctx.space, config, target)
     record_protocol(study, "local", workers)
-    objective = make_objective(ctx)
     cap = FailureCap(max_consecutive_failures or config.search.max_consecutive_failures)
     callbacks = [
         StopAtBudget(target), cap, PruneArtifacts(artifact_store(config.run_dir)),

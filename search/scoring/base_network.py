@@ -17,11 +17,12 @@ import torch.nn as nn
 from evaluators.cost import measure_cost
 from evaluators.data import DataBundle
 from evaluators.latency import LatencyBackend
-from evaluators.train import TrainSettings, evaluate, train_model
+from evaluators.train import FineTune, TrainSettings, evaluate
 from search.config import StudyConfig
 from search.errors import UsageError
 from search.locks import locked
-from spaces.compress import CompressError, build_model, load_checkpoint, prunable_groups
+from search.progress import StepProgress
+from spaces.compress import CompressError, build_model, check_exclusions, load_checkpoint, prunable_groups
 
 BASE_FILE = "base.pt"
 TAYLOR_IMAGES = 256  # the labelled batch Taylor importance takes its gradients on
@@ -79,9 +80,21 @@ def cached_training(
 def _train_or_load(config: StudyConfig, data: DataBundle, model: nn.Module) -> Path:
     """Load `runs/NAME/base.pt`, or train the base and write it there first."""
     path = config.run_dir / BASE_FILE
-    cached_training(path, _provenance(config, data), model,
-                    lambda m: train_model(m, data, base_settings(config), seed=config.seed))
+    cached_training(path, _provenance(config, data), model, lambda m: train_with_progress(m, data, config))
     return path
+
+
+def train_with_progress(model: nn.Module, data: DataBundle, config: StudyConfig) -> None:
+    """Train the base as `base_settings` says, in twentieths of its epochs, saying how far it is (a bar on a
+    terminal, a line every half minute in a log): on a CPU this can take hours. A fine-tune cut into parts takes
+    the same steps as one run straight through."""
+    settings = base_settings(config)
+    tune = FineTune(model, data, settings, seed=config.seed)
+    epochs = settings.epochs
+    with StepProgress(f"training the base {config.space.base.model}", "epochs") as step:
+        for part in range(1, 21):
+            loss = tune.run_to(epochs * part / 20)
+            step(round(epochs * part / 20, 2), epochs, f"loss {loss:.3f}")
 
 
 def calibration_batch(
@@ -100,15 +113,18 @@ def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
             spec.model, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
             kwargs=spec.kwargs,
         )
+        example = torch.zeros(1, *data.input_shape)
+        check_exclusions(model, example, config.space.exclude)
         if config.space.keep[0] < 1:  # refuse a network that cannot be pruned before training it
-            prunable_groups(model, torch.zeros(1, *data.input_shape), config.space.exclude)
+            prunable_groups(model, example, config.space.exclude)
         if spec.checkpoint:
             path = Path(spec.checkpoint)
             load_checkpoint(model, path)
         else:
             path = _train_or_load(config, data, model)
     except CompressError as exc:
-        raise UsageError(f"space.base: {exc}") from None
+        message = str(exc)
+        raise UsageError(message if message.startswith("space.") else f"space.base: {message}") from None
     return PreparedBase(model.eval(), path, calibration_batch(data, config.seed))
 
 

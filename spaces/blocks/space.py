@@ -6,19 +6,24 @@ from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from registry import UnknownName
 from spaces.blocks.library import BLOCKS
-from spaces.blocks.units import at_resolution, enumerate_units, layout, unit_module
+from spaces.blocks.units import at_resolution, enumerate_units, layout, network_size, unit_module
 from spaces.registry import Candidate, Space, Unit, register_space
 from spaces.suggest import Suggest
 
+MAX_WIDTH = 4096  # channels of a stem, stage or head: wider is a typo, and one candidate would not fit in memory
+MAX_DEPTH = 32  # blocks in one stage
+MAX_PARAMS = 500_000_000  # a candidate's parameters (2 GB of fp32 weights)
+MAX_ACTIVATIONS = 500_000_000  # values of the feature maps one image produces (2 GB of fp32)
 
-def _ordered_range(value: tuple[int, int]) -> tuple[int, int]:
-    """A [low, high] range of positive integers, checked before any trial samples from it."""
-    if not 1 <= value[0] <= value[1]:
-        raise ValueError(f"expected [low, high] with 1 <= low <= high, got {list(value)}")
+
+def _ordered_range(value: tuple[int, int], most: int) -> tuple[int, int]:
+    """A [low, high] range of positive integers up to `most`, checked before any trial samples from it."""
+    if not 1 <= value[0] <= value[1] <= most:
+        raise ValueError(f"expected [low, high] with 1 <= low <= high <= {most}, got {list(value)}")
     return value
 
 
@@ -33,8 +38,8 @@ class StageConfig(BaseModel):
 
     @field_validator("width", "depth")
     @classmethod
-    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
-        return _ordered_range(value)
+    def _ordered(cls, value: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
+        return _ordered_range(value, MAX_WIDTH if info.field_name == "width" else MAX_DEPTH)
 
 
 class BlocksSpaceConfig(BaseModel):
@@ -47,16 +52,16 @@ class BlocksSpaceConfig(BaseModel):
     stem_width: tuple[int, int] = (8, 24)
     stem_stride: Literal[1, 2] = 1
     stages: list[StageConfig] = Field(min_length=1)
-    head_width: int = Field(0, ge=0, description="channels of a 1×1 conv before pooling; 0 for none")
+    head_width: int = Field(0, ge=0, le=MAX_WIDTH, description="channels of a 1×1 conv before pooling; 0 for none")
     options: dict[str, dict[str, list[Any]]] = Field(
         default_factory=dict, description="per-block option choices overriding the block's defaults"
     )
-    round_to: int = Field(8, ge=1)
+    round_to: int = Field(8, ge=1, le=256)
 
     @field_validator("stem_width")
     @classmethod
     def _ordered_stem(cls, value: tuple[int, int]) -> tuple[int, int]:
-        return _ordered_range(value)
+        return _ordered_range(value, MAX_WIDTH)
 
     @field_validator("blocks")
     @classmethod
@@ -186,5 +191,13 @@ class BlocksSpace(Space):
         return unit_module(unit)
 
     def build(self, candidate: Candidate) -> nn.Module:
-        """Rebuild the network a candidate describes; equal candidates give equal architectures."""
+        """Rebuild the network a candidate describes; equal candidates give equal architectures. A candidate
+        over `MAX_PARAMS` parameters or `MAX_ACTIVATIONS` feature-map values is refused before it is built, so
+        it fails its trial instead of exhausting the machine's memory."""
+        params, activations = network_size(self.units(candidate))
+        if params > MAX_PARAMS or activations > MAX_ACTIVATIONS:
+            raise ValueError(
+                f"candidate too large to build: {params:,} parameters (limit {MAX_PARAMS:,}) and {activations:,} "
+                f"feature-map values per image (limit {MAX_ACTIVATIONS:,}); narrow space.stages widths or depths"
+            )
         return BlockNet(candidate)

@@ -48,6 +48,24 @@ def at_resolution(units: list[Unit], image_size: int) -> list[Unit]:
     return out
 
 
+def unit_params(unit: Unit) -> int:
+    """A unit's parameter count in closed form, without building it."""
+    block, cin, cout, stride = unit["block"], unit["in_channels"], unit["out_channels"], unit["stride"]
+    if block in ("stem", "head"):
+        return cin * cout * unit["options"]["kernel_size"] ** 2 + 2 * cout
+    if block == "classifier":
+        return cin * cout + cout
+    return BLOCKS[block].param_count(cin, cout, stride, **unit["options"])
+
+
+def network_size(units: list[Unit]) -> tuple[int, int]:
+    """(parameters, feature-map values of one image) of a network's units placed at their resolutions: what
+    building and running it takes, known before any tensor is allocated."""
+    params = sum(unit_params(u) for u in units)
+    activations = sum(u["out_channels"] * u["out_resolution"] ** 2 for u in units)
+    return params, activations
+
+
 def unit_module(unit: Unit) -> nn.Module:
     """The module a unit stands for: ConvBNAct for the stem and head, the registered block, or global pool +
     linear for the classifier."""

@@ -1,6 +1,13 @@
 """The `compress` space: a trained network made smaller — pruned channels, factorized layers, precision."""
 
-from spaces.compress.compress import POLICIES, compress, factorizable_layers, global_keep_ratios, prunable_groups
+from spaces.compress.compress import (
+    POLICIES,
+    check_exclusions,
+    compress,
+    factorizable_layers,
+    global_keep_ratios,
+    prunable_groups,
+)
 from spaces.compress.config import SparsityConfig
 from spaces.compress.errors import CompressError
 from spaces.compress.importance import CRITERIA
@@ -11,6 +18,6 @@ from spaces.compress.space import CompressSpace, CompressSpaceConfig
 
 __all__ = [
     "CRITERIA", "FORMS", "POLICIES", "CompressError", "CompressSpace", "CompressSpaceConfig", "PrunableGroup",
-    "SparsityConfig", "build_model", "compress", "factorizable_layers", "fingerprint", "global_keep_ratios", "load_checkpoint",
+    "SparsityConfig", "build_model", "check_exclusions", "compress", "factorizable_layers", "fingerprint", "global_keep_ratios", "load_checkpoint",
     "prunable_groups",
 ]

@@ -28,6 +28,21 @@ def prunable_groups(model: nn.Module, example_input: torch.Tensor, exclude: Sequ
     return _graph(copy.deepcopy(model), example_input, exclude)[1].groups
 
 
+def check_exclusions(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str]) -> None:
+    """A CompressError naming every entry of `exclude` that is no conv or linear layer of `model`, with the
+    prunable groups it could name instead; an exclusion that matches nothing would silently prune that layer."""
+    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    unknown = [name for name in exclude if name not in layers]
+    if not unknown:
+        return
+    groups = [g.name for g in prunable_groups(model, example_input)]
+    shown = ", ".join(groups[:30]) + (f", … ({len(groups)} in all)" if len(groups) > 30 else "")
+    raise CompressError(
+        f"space.exclude: no conv or linear layer named {', '.join(map(repr, unknown))} in the base network; "
+        f"name a prunable group ({shown or 'none'}) or any conv / linear layer of one"
+    )
+
+
 def factorizable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
     """Layers `compress(rank=...)` can factorize (called as modules in the forward pass) → their stage."""
     stages = probe(model, example_input).stages

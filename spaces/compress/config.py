@@ -3,11 +3,33 @@ sparsity training, and the ranges of the policies searched."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SPARSITY_KEYS = {"l1": "λ or a list of λ", "epochs": "at least 1", "lr": "peak learning rate"}
+
+
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save writes a zip archive (legacy: a pickle)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be a checkpoint written by `torch.save` (None where it may be): it is not a file, or starts
+    with neither a zip archive's nor a pickle's magic bytes (a text file, an ONNX model). A missing file is left to
+    the loading, so a run directory whose checkpoint has moved can still be inspected."""
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "not a file"
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return f"not readable ({exc.strerror or exc})"
+    if not head.startswith(CHECKPOINT_MAGIC):
+        return "not a PyTorch checkpoint (it is neither a zip archive nor a pickle)"
+    return None
 
 
 class SparsityConfig(BaseModel):
@@ -18,8 +40,8 @@ class SparsityConfig(BaseModel):
 
     l1: float | list[float] = Field(description="λ, the weight of the L1 penalty on BatchNorm scales; a list: one "
                                                 "sparsity-trained base per λ, and the study searches which to cut")
-    epochs: float = Field(5.0, description="epochs of sparsity training, at least 1")
-    lr: float = Field(0.01, gt=0, description="peak learning rate of the sparsity training")
+    epochs: float = Field(5.0, le=1000, description="epochs of sparsity training, at least 1")
+    lr: float = Field(0.01, gt=0, le=10, description="peak learning rate of the sparsity training")
 
     @model_validator(mode="before")
     @classmethod
@@ -70,11 +92,21 @@ class BaseNetworkConfig(BaseModel):
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the model constructor")
     checkpoint: str | None = Field(None, description="state dict to start from; null: the study trains the base")
-    epochs: float = Field(10.0, gt=0, description="training of the base when there is no checkpoint")
-    lr: float = Field(0.1, gt=0, description="peak learning rate of the base training")
+    epochs: float = Field(10.0, gt=0, le=1000, description="training of the base when there is no checkpoint")
+    lr: float = Field(0.1, gt=0, le=10, description="peak learning rate of the base training")
     sparsity: SparsityConfig | None = Field(
         None, description="Network Slimming: sparsity-train the base (L1 on BatchNorm scales) before the study"
     )
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _a_checkpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            why = checkpoint_problem(Path(value))
+            if why:
+                raise ValueError(f"{value}: {why}; give a state dict saved with torch.save(model.state_dict(), path), "
+                                 "or null to train the base in the study")
+        return value
 
 
 def _check_range(value: tuple[float, float], step: float | None) -> None:
@@ -115,10 +147,10 @@ class CompressSpaceConfig(BaseModel):
     granularity: Literal["group", "stage", "global"] = Field(
         "group", description="one keep (and rank) ratio per prunable group / per stage (resolution) / for all"
     )
-    keep_step: float = Field(0.05, gt=0)
+    keep_step: float = Field(0.05, gt=0, le=1)
     keep: tuple[float, float] = Field((0.2, 1.0), description="[low, high] share of channels a group keeps")
     importance: list[Literal["l1", "bn_scale", "taylor"]] = Field(default_factory=lambda: ["l1"], min_length=1)
-    rank_step: float = Field(0.125, gt=0)
+    rank_step: float = Field(0.125, gt=0, le=1)
     rank: tuple[float, float] | None = Field(None, description="[low, high] rank ratios; 1 = not factorized")
     rank_forms: list[Literal["spatial", "tucker2"]] = Field(
         default_factory=lambda: ["spatial"], min_length=1,
@@ -126,7 +158,7 @@ class CompressSpaceConfig(BaseModel):
                     "are searched per layer (as granularity says)",
     )
     precision: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32"], min_length=1)
-    round_to: int = Field(8, ge=1, description="channel counts and ranks are multiples of this")
+    round_to: int = Field(8, ge=1, le=256, description="channel counts and ranks are multiples of this")
     exclude: list[str] = Field(default_factory=list, description="groups (or layers) never pruned")
 
     @field_validator("policy", "importance", "rank_forms", "precision")

@@ -6,7 +6,6 @@ import difflib
 import hashlib
 import importlib
 import inspect
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +140,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         raise CompressError(f"checkpoint {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+    except Exception:  # torch.load raises UnpicklingError, RuntimeError, EOFError, IndexError, ... for a bad file
         raise CompressError(
             f"checkpoint {path}: not a readable state dict (a damaged file, or one that pickles more than tensors, "
             "such as a whole model); save one with torch.save(model.state_dict(), path)"

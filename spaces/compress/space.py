@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 
 from spaces.compress import units as geometry
-from spaces.compress.compress import _graph, compress, factorizable_layers, global_keep_ratios, prunable_groups
+from spaces.compress.compress import (
+    _graph, check_exclusions, compress, factorizable_layers, global_keep_ratios, prunable_groups,
+)
 from spaces.compress.config import CompressSpaceConfig
 from spaces.compress.errors import CompressError
 from spaces.compress.greedy import latency_greedy, removal_costs
@@ -75,6 +77,7 @@ class CompressSpace(Space):
             "checkpoint": str(checkpoint) if checkpoint else None, "sha256": fingerprint(self.base),
         }
         self.sparse = self._sparse_bases(sparse or {})
+        check_exclusions(self.base, self.example_input, config.exclude)
         self.groups = prunable_groups(self.base, self.example_input, config.exclude)
         self.layers = geometry.layer_geometry(self.base, self.example_input, config.exclude)
         self.rank_layers = self._rank_layers() if config.rank else {}
