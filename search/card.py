@@ -17,8 +17,15 @@ VERSUS_BASE = {  # how each comparison with the base reads: ratios as ×, shares
 def versus_base_line(base: dict[str, Any]) -> str:
     """A candidate against its base in one line, each number in its own unit, e.g. `params 2.59× fewer, FLOPs
     -33.4%, speedup 0.45×, accuracy -1.20 points`."""
-    return ", ".join(VERSUS_BASE[k](v) if k in VERSUS_BASE else f"{k.replace('_', ' ')} {v:.3f}"
-                     for k, v in base.items() if k != "base")
+    parts = []
+    for k, v in base.items():
+        if k in ("base", "speedup_low", "speedup_high"):
+            continue
+        text = VERSUS_BASE[k](v) if k in VERSUS_BASE else f"{k.replace('_', ' ')} {v:.3f}"
+        if k == "speedup" and "speedup_low" in base:
+            text += f" [{base['speedup_low']:.2f}–{base['speedup_high']:.2f}, timed interleaved with the base]"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def _si(n: float) -> str:

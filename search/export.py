@@ -188,7 +188,7 @@ def _write_export(
     latency["search_median_ms"] = trial.values[1]
     precision = scoring.precision(candidate)
     trt = tensorrt_engine(out / "model.onnx", out, ctx, precision, scoring.calibration(), say)
-    versus = scoring.versus_base(cost, accuracy["validation"], stats.median_ms)
+    versus = scoring.versus_base(cost, accuracy["validation"], stats)
     base = study.user_attrs.get("base") or {}
     card = {
         "study": config.name, "trial": trial.number, "chosen_by": how, "description": ctx.space.describe(candidate),

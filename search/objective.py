@@ -88,7 +88,7 @@ class Objective:
 
         with tempfile.TemporaryDirectory() as tmp:
             exported, stats = self.score(trial, record, model, candidate, cost, seed, Path(tmp), seconds)
-            versus = self.scoring.versus_base(cost, record.accuracy, stats.median_ms)
+            versus = self.scoring.versus_base(cost, record.accuracy, stats)
             if versus is not None:
                 record.save(trial, vs_base=versus)
             t = time.perf_counter()

@@ -4,6 +4,7 @@ the study's base."""
 
 from __future__ import annotations
 
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -11,6 +12,9 @@ import torch.nn as nn
 
 from evaluators.cost import Cost
 from evaluators.data import DataBundle
+from evaluators.exported import ExportedModel
+from evaluators.latency import LatencyStats
+from evaluators.latency.timing import interleaved
 from evaluators.train import evaluate, placed, recalibrate_bn
 from search.config import StudyConfig
 from search.errors import UsageError
@@ -23,13 +27,19 @@ if TYPE_CHECKING:
     from search.context import StudyContext
 
 
-def versus_base(base: dict[str, Any], cost: Cost, accuracy: float, latency_ms: float) -> dict[str, float]:
+def versus_base(base: dict[str, Any], cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float]:
     """A candidate against the base: parameter compression (×), FLOPs reduction (share), measured speedup (×),
-    accuracy change (points of the [0, 1] scale)."""
+    accuracy change (points of the [0, 1] scale). The speed-up is the one timed interleaved with the base where the
+    backend could (`interleaved` in the stats, with its per-round range), else the ratio of the two medians."""
+    paired = stats.extra.get("interleaved")
+    if isinstance(paired, dict):
+        speed = {"speedup": paired["speedup"], "speedup_low": paired["low"], "speedup_high": paired["high"]}
+    else:
+        speed = {"speedup": base["latency_ms"] / stats.median_ms if stats.median_ms > 0 else float("nan")}
     return {
         "compression": base["params"] / max(cost.params, 1),
         "flops_reduction": 1.0 - cost.flops / max(base["flops"], 1),
-        "speedup": base["latency_ms"] / latency_ms if latency_ms > 0 else float("nan"),
+        **speed,
         "accuracy_change": accuracy - base["accuracy"],
     }
 
@@ -49,6 +59,8 @@ class CompressedScoring(Scoring):
                 f"{', '.join(backend.precisions)}, not {', '.join(unsupported)}"
             )
         self.base: dict[str, Any] | None = None
+        self._base_onnx: ExportedModel | None = None
+        self._base_folder: tempfile.TemporaryDirectory | None = None
 
     @classmethod
     def space_inputs(cls, config: StudyConfig, data: DataBundle) -> dict[str, Any]:
@@ -89,8 +101,31 @@ class CompressedScoring(Scoring):
             recalibrate_bn(model, self.data.train, self.config.train.bn_batches, self.settings.batch_size, seed)
             return {"accuracy_adaptive_bn": evaluate(model, self.validation(seed))}
 
-    def versus_base(self, cost: Cost, accuracy: float, latency_ms: float) -> dict[str, float] | None:
-        return None if self.base is None else versus_base(self.base, cost, accuracy, latency_ms)
+    def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float] | None:
+        return None if self.base is None else versus_base(self.base, cost, accuracy, stats)
+
+    def latency(self, exported: ExportedModel, candidate: Candidate) -> LatencyStats:
+        """The candidate's latency on the study's backend; where the backend runs ONNX files itself (ONNX Runtime),
+        also its speed-up timed interleaved with the base in this process (`extra["interleaved"]`), so a drift of
+        the machine between the base's measurement and this one does not enter the speed-up."""
+        stats = super().latency(exported, candidate)
+        runner = getattr(self.ctx.backend, "runner", None)
+        if runner is None or self.base is None:
+            return stats
+        batch, precision = self.config.latency.batch_size, self.precision(candidate)
+        calibration = self.calibration() if precision == "int8" else None
+        path = exported.fixed(exported.at(precision, calibration), batch)
+        if self._base_onnx is None:
+            self._base_folder = tempfile.TemporaryDirectory()
+            self._base_onnx = ExportedModel(self.ctx.space.base, self.data.input_shape, self._base_folder.name)
+        base_path = self._base_onnx.fixed(self._base_onnx.onnx, batch)
+        runs = max(10, min(100, int(0.05 / max(stats.median_ms / 1e3, 1e-6))))
+        paired = interleaved({"base": runner(base_path, batch), "candidate": runner(path, batch)}, "base",
+                             rounds=5, runs=runs)[1]
+        stats.extra["interleaved"] = {"speedup": paired.speedup, "low": paired.speedup_low,
+                                      "high": paired.speedup_high, "rounds": paired.rounds, "runs": runs,
+                                      "base": "fp32"}
+        return stats
 
     def base_latency_ms(self) -> float | None:
         return None if self.base is None else float(self.base["latency_ms"])

@@ -130,7 +130,7 @@ class Scoring:
             calibration=self.calibration() if precision == "int8" else None,
         )
 
-    def versus_base(self, cost: Cost, accuracy: float, latency_ms: float) -> dict[str, float] | None:
+    def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float] | None:
         """The candidate against the study's base network (None: there is none)."""
         return None
 
