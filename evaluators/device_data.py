@@ -1,7 +1,7 @@
 """A split held on the device that trains on it, and the batches drawn from it there.
 
-A fine-tune's images stay on its device as decoded (uint8 where the data set is uint8), so a batch is one gather
-on that device — with a random flip and 4-pixel padded crop drawn per image when the data set augments — and one
+A fine-tune's images stay on its device as decoded (uint8 where the data set is uint8), so a batch is a gather
+on that device — with a random 4-pixel padded crop and flip drawn per image when the data set augments — and one
 multiply-add that normalizes it; nothing is copied from the CPU per batch. A split is copied to a GPU once per
 process and kept there while its CPU tensor lives, so the fine-tunes of a study share one copy.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+import torch.nn.functional as F
 
 from evaluators.data import Split
 
@@ -60,17 +61,11 @@ def on_device(split: Split, device: str | torch.device) -> DeviceSplit:
 
 
 def flip_and_crop(images: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Images `rows` of `images` (N, C, H, W), each flipped left-right with probability 1/2 and cropped at a
-    random offset of its zero padding of `PAD` pixels, in one gather on the images' device; same dtype."""
-    n, (_, c, h, w), dev = len(rows), images.shape, images.device
-    shift = torch.randint(-PAD, PAD + 1, (2, n, 1), generator=generator, device=dev)
-    flip = torch.rand(n, 1, generator=generator, device=dev) < 0.5
-    across = torch.arange(w, device=dev)
-    cols = torch.where(flip, w - 1 - across, across) + shift[1]  # (n, w): source column of each output column
-    lines = torch.arange(h, device=dev) + shift[0]  # (n, h): source row of each output row
-    inside = ((lines >= 0) & (lines < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
-    out = images[
-        rows.view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
-        lines.clamp(0, h - 1).view(n, 1, h, 1), cols.clamp(0, w - 1).view(n, 1, 1, w),
-    ]
-    return out.masked_fill_(~inside, 0)
+    """Images `rows` of `images` (N, C, H, W), each cropped at a random offset of its zero padding of `PAD` pixels
+    and flipped left-right with probability 1/2, drawn per image on the images' device; same dtype."""
+    n, (h, w), dev = len(rows), images.shape[-2:], images.device
+    offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator, device=dev)
+    flip = torch.rand(n, generator=generator, device=dev) < 0.5
+    windows = F.pad(images[rows], (PAD, PAD, PAD, PAD)).unfold(2, h, 1).unfold(3, w, 1)  # (n, C, 9, 9, H, W) view
+    crops = windows[torch.arange(n, device=dev), :, offsets[0], offsets[1]]
+    return torch.where(flip.view(n, 1, 1, 1), crops.flip(3), crops)
