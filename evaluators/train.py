@@ -60,6 +60,7 @@ class TrainSettings:
         return self._on_cuda() if self.channels_last is None else self.channels_last
 
     def _on_cuda(self) -> bool:
+        """Whether `device` is a CUDA GPU."""
         return torch.device(self.device).type == "cuda"
 
 
@@ -204,6 +205,7 @@ class FineTune:
         self._last_loss: torch.Tensor | None = None
 
     def _one_cycle(self, total_steps: int, last_step: int) -> torch.optim.lr_scheduler.OneCycleLR:
+        """The schedule over `total_steps`, positioned after `last_step` (-1: at the start)."""
         s = self.settings
         return torch.optim.lr_scheduler.OneCycleLR(  # momentum swings ±0.05 against the learning rate
             self.optimizer, max_lr=s.lr, total_steps=total_steps, pct_start=float(s.warmup),
@@ -252,6 +254,7 @@ class FineTune:
                         m.to(memory_format=torch.contiguous_format)
 
     def _steps(self, target: int) -> None:
+        """Take steps until `target`, an epoch's order (and augmentation seed) drawn whenever one is used up."""
         s, device = self.settings, torch.device(self.settings.device)
         data = on_device(self.data.train, device)
         augment = torch.Generator(device=device) if self.data.augment else None
@@ -280,6 +283,7 @@ class FineTune:
         self._check_loss()
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on a normalized batch: forward (bf16 autocast if set), loss, backward, update."""
         s = self.settings
         if s.uses_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
