@@ -3,16 +3,17 @@ one GPU, in one command of four stages. Each stage writes its results to `--out`
 as soon as it ends, so a run cut off by its time limit still returns what it finished.
 
 1. Train ResNet-56 (spaces.compress.nets:resnet56) on the recipe's training split (45,000 images; the 5,000
-   held out score candidates; the 10,000 test images are kept for the table): bf16 autocast, channels_last,
-   the data on the GPU as uint8, flips and crops drawn there, batch 512, SGD + Nesterov, one-cycle to 0.4,
-   label smoothing 0.1, 40 epochs. Writes resnet56_cifar10.pt, the checkpoint the recipe names.
+   held out score candidates; the 10,000 test images are kept for the table) with the study's own trainer,
+   evaluators.train (bf16 autocast, channels_last, the data on the GPU as uint8, flips and crops drawn there):
+   batch 512, SGD + Nesterov, one-cycle to 0.4, label smoothing 0.1, 40 epochs. Writes resnet56_cifar10.pt,
+   the checkpoint the recipe names.
 2. The compression study of studies/cifar10_resnet56_prune.yaml through `search.executors.inprocess.run_study`
    (uniform anchors first, then TPE over 30 per-group keep ratios; each trial fine-tuned on the GPU and timed
    with the torch backend at batch 256); its front re-timed at batch 1 and exported to ONNX (front_onnx.zip).
 3. Baselines at the study's fine-tune budget: uniform L1 pruning at several keep ratios and at the keep ratio
    whose FLOPs match the searched policy nearest 2× speed-up, and Torch-Pruning's global L1 pruning
    (`MetaPruner`, `global_pruning=True`) at the pruning ratio that matches the same FLOPs.
-4. A longer fine-tune (same GPU-fast loop, distilled from the base) of that searched policy and its two
+4. A longer fine-tune (the same trainer, distilled from the base) of that searched policy and its two
    matches, test accuracy, every model timed again back to back at batch 256 and 1, ONNX files packed
    (table_onnx.zip), and the table beside AMC's and Torch-Pruning's published ResNet-56 figures.
 
@@ -35,6 +36,7 @@ with ONNX Runtime on this CPU, fills the table's CPU column and writes the secti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -53,6 +55,7 @@ from benchmarks.realscale_stages import (  # noqa: E402
     CHECKPOINT,
     Clock,
     Log,
+    accuracy,
     failure,
     load_base,
     now,
@@ -62,16 +65,16 @@ from benchmarks.realscale_stages import (  # noqa: E402
     stage4,
     stage4_entries,
 )
-from benchmarks.realscale_train import DeviceSplit, Recipe, accuracy  # noqa: E402
 from benchmarks.results import ROOT, command_line, machine  # noqa: E402
 from evaluators.data import DataBundle, load_data  # noqa: E402
+from evaluators.train import TrainSettings  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
 
 RECIPE = ROOT / "studies" / "cifar10_resnet56_prune.yaml"
 PACK = ROOT / ".pack" / "cifar10.jpgpack"
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
-BASE_RECIPE = Recipe(epochs=40, batch_size=512, lr=0.4, weight_decay=5e-4, label_smoothing=0.1, warmup=0.15)
-FINETUNE_RECIPE = Recipe(epochs=20, batch_size=512, lr=0.1, weight_decay=5e-4, label_smoothing=0.1, warmup=0.1,
+BASE_TRAINING = TrainSettings(epochs=40, batch_size=512, lr=0.4, weight_decay=5e-4, label_smoothing=0.1, warmup=0.15)
+FINETUNE = TrainSettings(epochs=20, batch_size=512, lr=0.1, weight_decay=5e-4, label_smoothing=0.1, warmup=0.1,
                          kd_alpha=0.5, kd_temperature=4.0)
 SMOKE_SET = ["search.trials=3", "search.startup_trials=2", "search.anchors=1", "train.epochs=0.3",
              "train.batch_size=32", "train.bn_batches=2", "latency.batch_size=4", "latency.max_seconds=0.05",
@@ -93,8 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stages", default="auto",
                         help="comma-separated stages to run; auto: 1-4, or 2-4 when the recipe's checkpoint exists")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all stages (see the docstring)")
-    parser.add_argument("--base-epochs", type=float, default=BASE_RECIPE.epochs)
-    parser.add_argument("--finetune-epochs", type=float, default=FINETUNE_RECIPE.epochs, help="stage 4, at most")
+    parser.add_argument("--base-epochs", type=float, default=BASE_TRAINING.epochs)
+    parser.add_argument("--finetune-epochs", type=float, default=FINETUNE.epochs, help="stage 4, at most")
     parser.add_argument("--trials", type=int, help="study trials (default: the recipe's)")
     parser.add_argument("--grid", type=float, nargs="+", default=[0.4, 0.55, 0.7, 0.85], help="uniform keep ratios")
     parser.add_argument("--workers", type=int, help="processes that decode the JPEGs (default: every core)")
@@ -152,16 +155,16 @@ def run(args: argparse.Namespace) -> Results:
     out = args.out
     log = Log(clock, out / "log.txt")
     overrides = [*(SMOKE_SET if args.smoke else []), *args.overrides]
-    base_recipe = Recipe(**{**BASE_RECIPE.__dict__, "epochs": args.base_epochs})
-    ft_recipe = Recipe(**{**FINETUNE_RECIPE.__dict__, "epochs": args.finetune_epochs})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base_training = dataclasses.replace(BASE_TRAINING, epochs=args.base_epochs, device=device)
+    finetune = dataclasses.replace(FINETUNE, epochs=args.finetune_epochs, device=device)
     if args.smoke:
-        base_recipe.epochs, ft_recipe.epochs = SMOKE_EPOCHS
-        base_recipe.batch_size = ft_recipe.batch_size = 64
+        base_training = dataclasses.replace(base_training, epochs=SMOKE_EPOCHS[0], batch_size=64)
+        finetune = dataclasses.replace(finetune, epochs=SMOKE_EPOCHS[1], batch_size=64)
     source = args.data or (PACK if PACK.is_file() else CIFAR)
     config, data, data_info = prepare_data(source, args.work, args.recipe, overrides, args.workers, log)
     checkpoint = args.checkpoint or Path(config.space.base.checkpoint or ROOT / "benchmarks/checkpoints" / CHECKPOINT)
     stages = selected_stages(args.stages, checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     results = Results(out)
     results.data["meta"] = {
         "command": command_line(), "machine": machine(), "date": now(), "torch": str(torch.__version__),
@@ -170,11 +173,10 @@ def run(args: argparse.Namespace) -> Results:
         "timing_device": "GPU" if device == "cuda" else "CPU",
     }
     results.stage("data", data_info)
-    train = DeviceSplit(data.train, device)
     base_epoch_s = None
     if "1" in stages:
         t = time.perf_counter()
-        base, checkpoint, record = stage1(config, data, train, base_recipe, device, clock, out, log)
+        base, checkpoint, record = stage1(config, data, base_training, clock, out, log)
         base_epoch_s = record["epoch_seconds_median"]
         results.stage("1", {**record, "seconds": round(time.perf_counter() - t, 1)})
     else:
@@ -206,7 +208,7 @@ def run(args: argparse.Namespace) -> Results:
         entries = stage4_entries(pick_row, pick_model, results.data["stages"].get("3", {}).get("policies", []),
                                  matched)
         try:
-            record, rows = stage4(config, data, train, base, base_test, entries, ft_recipe, device, clock,
+            record, rows = stage4(config, data, base, base_test, entries, finetune, clock,
                                   base_epoch_s, out, log)
             results.data["table"] = rows
             results.stage("4", {**record, "seconds": round(time.perf_counter() - t, 1)})

@@ -4,6 +4,7 @@ budget among them: each stage takes what the earlier ones produced and returns t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import math
 import shutil
@@ -11,6 +12,7 @@ import statistics
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,11 @@ from benchmarks.realscale_baselines import (
     uniform_l1,
 )
 from benchmarks.realscale_report import FRONT_ZIP, TABLE_ZIP
-from benchmarks.realscale_train import DeviceSplit, Recipe, accuracy, fit
 from benchmarks.results import machine
-from evaluators.data import DataBundle
+from evaluators.data import DataBundle, Split
 from evaluators.latency import LatencyBackend, get_backend
 from evaluators.onnx_export import export_onnx
+from evaluators.train import FineTune, TrainSettings, evaluate, placed
 from search.config import StudyConfig
 from search.executors.inprocess import run_study
 from search.front import front_trials
@@ -102,13 +104,49 @@ def new_base(config: StudyConfig, data: DataBundle) -> nn.Module:
                        image_size=data.image_size, kwargs=spec.kwargs)
 
 
-def stage1(config: StudyConfig, data: DataBundle, train: DeviceSplit, recipe: Recipe, device: str, clock: Clock,
-           out: Path, log: Log) -> tuple[nn.Module, Path, dict[str, Any]]:
+def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, *, teacher: nn.Module | None = None,
+        seed: int = 0, budget_s: float | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train `model` in place with evaluators.train.FineTune (back on the CPU afterwards), an epoch at a time, and
+    report what ran: epochs planned and run, steps, seconds, seconds per epoch and the last loss. Given a time
+    budget, it measures the second epoch and, if the plan would not fit, shortens it (`FineTune.replan`: the
+    schedule anneals over the shorter plan from where it is). Raises TrainingDiverged on NaN."""
+    tune = FineTune(model, data, settings, seed, teacher)
+    start, epoch_times = time.perf_counter(), []
+    while tune.step < tune.total_steps:
+        t_epoch = time.perf_counter()
+        loss = tune.run_to(len(epoch_times) + 1)
+        epoch_times.append(time.perf_counter() - t_epoch)
+        if log:
+            log(f"  epoch {len(epoch_times)}: loss {loss:.4f}, {epoch_times[-1]:.1f} s")
+        if budget_s is not None and len(epoch_times) == 2 and tune.step < tune.total_steps:
+            left = budget_s - (time.perf_counter() - start)
+            fits = int(left / epoch_times[-1] * tune.steps_per_epoch) + tune.step
+            if fits < tune.total_steps:
+                tune.replan(fits / tune.steps_per_epoch)
+                if log:
+                    log(f"  budget {budget_s:.0f} s: schedule cut to {tune.total_steps / tune.steps_per_epoch:.1f} "
+                        "epochs")
+    return {
+        "settings": dataclasses.asdict(settings), "epochs_planned": settings.epochs,
+        "epochs_run": round(tune.step / tune.steps_per_epoch, 3), "steps": tune.step,
+        "seconds": round(time.perf_counter() - start, 2), "epoch_seconds": [round(t, 2) for t in epoch_times],
+        "final_loss": tune.loss, "images": tune.images, "device": settings.device,
+    }
+
+
+def accuracy(model: nn.Module, split: Split, device: str) -> float:
+    """Top-1 accuracy of `model` on `split`, scored on `device` in batches of 1,000 (the model back on the CPU)."""
+    with placed(device, model):
+        return evaluate(model, split, batch_size=1000)
+
+
+def stage1(config: StudyConfig, data: DataBundle, settings: TrainSettings, clock: Clock, out: Path,
+           log: Log) -> tuple[nn.Module, Path, dict[str, Any]]:
     """Train the base; write its checkpoint with how it was made."""
-    base = new_base(config, data)
+    base, device = new_base(config, data), settings.device
     log(f"stage 1: training {config.space.base.model} ({sum(p.numel() for p in base.parameters()) / 1e6:.3f}M "
-        f"params) for {recipe.epochs:g} epochs on {len(train)} images, {device}")
-    run = fit(base, train, recipe, device, seed=config.seed, budget_s=clock.share("1"), log=log)
+        f"params) for {settings.epochs:g} epochs on {len(data.train)} images, {device}")
+    run = fit(base, data, settings, seed=config.seed, budget_s=clock.share("1"), log=log)
     val_acc, test_acc = accuracy(base, data.val, device), accuracy(base, data.test, device)
     path = out / CHECKPOINT
     provenance = {"model": config.space.base.model, "train": run, "val_accuracy": val_acc,
@@ -267,19 +305,20 @@ def finetune_epochs(requested: float, models: int, clock: Clock, base_epoch_s: f
     return max(1.0, min(requested, math.floor(fits))) if requested >= 1 else requested
 
 
-def stage4(config: StudyConfig, data: DataBundle, train: DeviceSplit, base: nn.Module, base_test: float,
-           entries: list[tuple[str, str, str, nn.Module, dict[str, Any]]], recipe: Recipe, device: str,
+def stage4(config: StudyConfig, data: DataBundle, base: nn.Module, base_test: float,
+           entries: list[tuple[str, str, str, nn.Module, dict[str, Any]]], settings: TrainSettings,
            clock: Clock, base_epoch_s: float | None, out: Path, log: Log) -> tuple[dict[str, Any], list]:
     """Fine-tune each (key, method, note, model, extra) longer, score it on the test split, time every model
     again back to back at both batches, pack their ONNX files; returns the record and the table rows."""
-    epochs = finetune_epochs(recipe.epochs, len(entries), clock, base_epoch_s)
+    device = settings.device
+    epochs = finetune_epochs(settings.epochs, len(entries), clock, base_epoch_s)
     per_model = max(10.0, (clock.left() - STAGE4_TAIL) / max(1, len(entries))) if math.isfinite(clock.left()) else None
     log(f"stage 4: {len(entries)} fine-tunes of {epochs:g} epochs"
         + (f" (budget {per_model:.0f} s each)" if per_model else ""))
     base_cost = describe_cost(base, data, {"macs": 1, "params": 1})
     runs = []
     for i, (key, method, note, model, extra) in enumerate(entries):
-        run = fit(model, train, Recipe(**{**recipe.__dict__, "epochs": epochs}), device, teacher=base,
+        run = fit(model, data, dataclasses.replace(settings, epochs=epochs), teacher=base,
                   seed=config.seed + 4000 + i, budget_s=per_model and per_model * 1.5, log=None)
         if i == 0 and base_epoch_s is None:
             epochs = run["epochs_run"]
@@ -310,8 +349,9 @@ def stage4(config: StudyConfig, data: DataBundle, train: DeviceSplit, base: nn.M
     record = {
         "epochs": epochs, "busy_batch": busy,
         "summary": f"Stage 4: every method fine-tuned {epochs:g} epochs from its pruned base weights (batch "
-                   f"{recipe.batch_size}, one-cycle to {recipe.lr:g}, label smoothing {recipe.label_smoothing:g}, "
-                   f"distilled from the base with α {recipe.kd_alpha:g}, T {recipe.kd_temperature:g}); test "
+                   f"{settings.batch_size}, one-cycle to {settings.lr:g}, label smoothing "
+                   f"{settings.label_smoothing:g}, distilled from the base with α {settings.kd_alpha:g}, T "
+                   f"{settings.kd_temperature:g}); test "
                    f"accuracy on the {len(data.test):,} test images; FLOPs and parameters by fvcore; speed-ups are "
                    f"measured latencies against the base's (torch backend, fp32, on {backend.device()}"
                    f"{', CUDA graph' if config.latency.cuda_graph and device == 'cuda' else ''}), timed back to back "

@@ -23,7 +23,7 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """Images (N, C, H, W) as float32 or uint8, and integer labels; normalized per batch."""
+    """Images (N, C, H, W) as float32 or uint8 (as decoded, never converted whole), and integer labels."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -35,45 +35,26 @@ class Split:
 
     def subset(self, n: int | None, seed: int = 0) -> "Split":
         """The first `n` images of a fixed shuffle (the whole split when `n` is None or larger)."""
-        if n is None or n >= len(self):
-            return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return Split(self.x[idx], self.y[idx], self.mean, self.std)
+        idx = subset_indices(len(self), n, seed)
+        return self if idx is None else Split(self.x[idx], self.y[idx], self.mean, self.std)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Scale a raw batch to float and standardize it per channel."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
 
-    def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, augment: bool = False
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalized (x, y) batches; `augment` adds random flips and 4-pixel-padded crops."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        return self.batches_in(order, batch_size, generator, augment)
-
-    def batches_in(
-        self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, augment: bool = False,
-        first: int = 0,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of `batches`, for a given image `order`, from batch number `first` on (a fine-tune that
-        resumes mid-epoch continues its epoch's order)."""
-        for start in range(first * batch_size, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x = self.normalize(self.x[idx])
-            if augment:
-                x = _flip_and_crop(x, generator)
-            yield x, self.y[idx]
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalized (x, y) batches in order, on the CPU (fine-tunes batch on their device: evaluators.device_data)."""
+        for start in range(0, len(self), batch_size):
+            yield self.normalize(self.x[start : start + batch_size]), self.y[start : start + batch_size]
 
 
-def _flip_and_crop(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    flip = torch.rand(len(x), generator=generator) < 0.5
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (4, 4, 4, 4))
-    dy, dx = (int(v) for v in torch.randint(0, 9, (2,), generator=generator))
-    return padded[..., dy : dy + h, dx : dx + w]
+def subset_indices(size: int, n: int | None, seed: int = 0) -> torch.Tensor | None:
+    """Indices of the first `n` of `size` images in a fixed shuffle by `seed`; None (every image) when `n` is None or
+    not smaller than `size`."""
+    if n is None or n >= size:
+        return None
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The real-scale benchmark (benchmarks/realscale.py) on real CIFAR-10 JPEGs at toy size: the JPEG pack and its
-decode, the fast training loop (on the CPU here), the FLOPs-matched baselines, the choice of the policy near 2×,
+decode, its time-budgeted training through evaluators.train (on the CPU here), the FLOPs-matched baselines, the choice of the policy near 2×,
 the report with its ONNX Runtime column and RESULTS.md section; and, marked slow, every stage end to end with
 `--smoke` (a tiny base instead of ResNet-56, so it takes a minute on two cores)."""
 
@@ -22,11 +22,11 @@ from benchmarks.realscale import selected_stages
 from benchmarks.realscale_baselines import match_tp_global, match_uniform
 from benchmarks.realscale_data import SPLITS, decode, read_folder, read_pack, write_cifar_batches, write_pack
 from benchmarks.realscale_report import SECTION, TABLE_ZIP, Results, time_onnx, write_results
-from benchmarks.realscale_stages import load_base, pick_near
-from benchmarks.realscale_train import DeviceSplit, Recipe, fit, one_cycle
+from benchmarks.realscale_stages import fit, load_base, pick_near
 from evaluators.cost import measure_cost
 from evaluators.data import DataBundle, DataError, Split, load_data
 from evaluators.onnx_export import export_onnx
+from evaluators.train import TrainSettings
 from search.config import load_config
 from spaces.compress import load_checkpoint
 from spaces.compress.nets import resnet56, tiny_resnet
@@ -107,37 +107,17 @@ def test_decoded_batches_give_the_study_the_same_data_as_the_jpeg_folder(jpegs, 
     assert len(from_pack.val) == 10 and len(from_pack.test) == 40  # one held-out image of each class
 
 
-def test_augmentation_flips_and_crops_each_image_of_its_padded_self():
-    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    split = DeviceSplit(Split(x, torch.zeros(16, dtype=torch.long), torch.zeros(3), torch.ones(3)), "cpu")
-    out = split.augmented(torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    offsets = set()
-    for i in range(16):
-        found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]
-        assert len(found) == 1, f"image {i} is not one flip-and-crop of its padded original"
-        offsets.add(found[0])
-    assert len(offsets) > 8  # drawn per image, not once per batch
-
-
-def test_one_cycle_rises_to_its_peak_then_falls_to_zero():
-    lrs = [one_cycle(p / 100, 0.4, 0.15) for p in range(101)]
-    assert lrs[0] == 0 and math.isclose(max(lrs), 0.4) and lrs.index(max(lrs)) == 15 and lrs[-1] == 0
-    assert all(a <= b for a, b in zip(lrs[:15], lrs[1:16])) and all(a >= b for a, b in zip(lrs[15:], lrs[16:]))
-
-
 def test_fit_trains_in_place_and_a_spent_budget_cuts_the_schedule_after_two_epochs():
+    data = load_data("digits")
+    settings = TrainSettings(epochs=4, batch_size=16, max_train_samples=40)
     torch.manual_seed(0)
-    split = Split(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.randint(0, 10, (40,)),
-                  torch.full((3,), 0.5), torch.full((3,), 0.25))
-    model = tiny_resnet(10, 3, (8, 8, 8))
+    model = tiny_resnet(10, 1, (8, 8, 8))
     before = [p.detach().clone() for p in model.parameters()]
-    full = fit(model, split, Recipe(epochs=4, batch_size=16), "cpu")
+    full = fit(model, data, settings)
     assert full["steps"] == 12 and full["epochs_run"] == 4 and math.isfinite(full["final_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert next(model.parameters()).device.type == "cpu"
-    cut = fit(tiny_resnet(10, 3, (8, 8, 8)), split, Recipe(epochs=4, batch_size=16), "cpu", budget_s=0.0)
+    assert next(model.parameters()).device.type == "cpu" and full["images"] == 40
+    cut = fit(tiny_resnet(10, 1, (8, 8, 8)), data, settings, budget_s=0.0)
     assert cut["steps"] == 7 and cut["epochs_planned"] == 4 and len(cut["epoch_seconds"]) == 3
 
 
