@@ -19,6 +19,11 @@ def tiny_recipe(tmp_path: Path, **changes: object) -> dict:
     raw["latency"]["max_seconds"] = 0.2
     raw["search"]["trials"] = 3
     raw["search"]["startup_trials"] = 2
+    return set_dotted(raw, changes)
+
+
+def set_dotted(raw: dict, changes: dict) -> dict:
+    """`raw` with each dotted key of `changes` (`train.epochs`) set, missing mappings made on the way."""
     for key, value in changes.items():
         node = raw
         *parents, last = key.split(".")

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from search.cli import main
-from tests.conftest import ROOT, tiny_recipe
+from tests.conftest import ROOT, set_dotted, tiny_recipe
 
 Case = tuple[str, Callable[[Path], list[str]], str]
 
@@ -35,13 +35,7 @@ def compress(**changes: Any) -> dict[str, Any]:
     raw = tiny_recipe(Path("unused"))
     raw["space"] = {"type": "compress", "base": {"model": "spaces.compress.nets:tiny_resnet",
                                                   "kwargs": {"widths": [8, 16, 32]}, "epochs": 1}}
-    for key, value in changes.items():
-        node = raw
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return raw
+    return set_dotted(raw, changes)
 
 
 def compress_recipe(command: str = "validate", **changes: Any) -> Callable[[Path], list[str]]:

@@ -18,14 +18,15 @@ Ratios = float | Mapping[str, float]
 POLICIES = ("group", "global")
 
 
-def _graph(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str]) -> tuple[nn.Module, ChannelGraph]:
+def channel_graph(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str]) -> tuple[nn.Module, ChannelGraph]:
+    """`model` (modified in place: channel shuffles exposed) and its dependency graph with the prunable groups."""
     net = expose_channel_shuffles(model.eval(), example_input)
     return net, ChannelGraph(net, example_input, tuple(exclude))
 
 
 def prunable_groups(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str] = ()) -> list[PrunableGroup]:
     """The groups `compress(keep=...)` can prune in `model`, named after their first conv / linear layer."""
-    return _graph(copy.deepcopy(model), example_input, exclude)[1].groups
+    return channel_graph(copy.deepcopy(model), example_input, exclude)[1].groups
 
 
 def check_exclusions(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str]) -> None:
@@ -55,7 +56,7 @@ def global_keep_ratios(
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None, exclude: Sequence[str] = (),
 ) -> dict[str, float]:
     """The per-group keep ratios `compress(policy="global")` cuts `model` at: group name → kept share."""
-    net, graph = _graph(copy.deepcopy(model).eval(), example_input, exclude)
+    net, graph = channel_graph(copy.deepcopy(model).eval(), example_input, exclude)
     return graph.global_keep(float(keep), make_importance(importance, net, calibration, comparable=True), round_to)
 
 
@@ -80,7 +81,7 @@ def _check_pruned(
     for name, ratio in keep.items():
         if ratio >= 1:
             continue
-        net, graph = _graph(copy.deepcopy(model), example_input, exclude)
+        net, graph = channel_graph(copy.deepcopy(model), example_input, exclude)
         graph.apply(graph.plan({name: ratio}, make_importance(importance, net, calibration), round_to))
         try:
             ok = _run(net, example_input) == expected
@@ -134,7 +135,7 @@ def compress(
             f"keep: the global policy takes one share for the whole network (a number), got {type(keep).__name__}"
         )
     if (float(keep) < 1) if uniform else any(float(v) < 1 for v in dict(keep).values()):
-        net, graph = _graph(net, example_input, exclude)
+        net, graph = channel_graph(net, example_input, exclude)
         names = [g.name for g in graph.groups]
         if uniform:
             keep_map = {n: float(keep) for n in names}

@@ -21,7 +21,12 @@ import torch.nn as nn
 
 from spaces.compress import units as geometry
 from spaces.compress.compress import (
-    _graph, check_exclusions, compress, factorizable_layers, global_keep_ratios, prunable_groups,
+    channel_graph,
+    check_exclusions,
+    compress,
+    factorizable_layers,
+    global_keep_ratios,
+    prunable_groups,
 )
 from spaces.compress.config import CompressSpaceConfig
 from spaces.compress.errors import CompressError
@@ -203,7 +208,7 @@ class CompressSpace(Space):
                 "`slimsearch lut build`, or auto)"
             )
         if self._costs is None:
-            net, graph = _graph(copy.deepcopy(self.base).eval(), self.example_input, self.config.exclude)
+            net, graph = channel_graph(copy.deepcopy(self.base).eval(), self.example_input, self.config.exclude)
             if self.calibration is not None:  # first-order loss change: comparable across groups as it is
                 scorer = make_importance("taylor", net, self.calibration)
             else:

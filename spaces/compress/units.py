@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from spaces.compress.compress import _graph
+from spaces.compress.compress import channel_graph
 from spaces.compress.prune import ROOT_TYPES, PrunableGroup, kept_channels
 from spaces.registry import Unit
 
@@ -47,7 +47,7 @@ class LayerGeometry:
 def layer_geometry(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str] = ()) -> list[LayerGeometry]:
     """Every conv / linear layer of `model` in the order the forward pass calls them, with its input and output
     resolution and the prunable groups (of `prunable_groups(model, example_input, exclude)`) of its channels."""
-    net, graph = _graph(copy.deepcopy(model).eval(), example_input, exclude)
+    net, graph = channel_graph(copy.deepcopy(model).eval(), example_input, exclude)
     sides = graph.layer_groups()
     names = {m: n for n, m in net.named_modules()}
     seen: list[LayerGeometry] = []
