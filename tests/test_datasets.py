@@ -18,7 +18,7 @@ from PIL import Image
 from evaluators.data import DataError, load_data
 from search.cli import main
 
-REAL_CIFAR = Path("/work/shared/datasets/cifar10")
+REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"  # ../shared beside the clone
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,8 @@ def test_two_workers_share_a_sqlite_study(recipe_file, capsys):
     for t in done:
         for key in ("candidate", "accuracy", "latency", "macs", "params", "seconds"):
             assert key in t.user_attrs
-        assert t.user_attrs["seconds"]["latency_wait"] >= 0 and t.user_attrs["seconds"]["train_wait"] >= 0
+        seconds = t.user_attrs["seconds"]
+        assert 0 <= seconds["latency_wait"] <= seconds["total"] and 0 <= seconds["train_wait"] <= seconds["total"]
     protocol = study.user_attrs["latency_protocol"]
     assert protocol["executor"] == "local" and protocol["workers"] == 2 and protocol["lock"]
     capsys.readouterr()
