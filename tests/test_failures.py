@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -11,8 +12,12 @@ from search.executors.inprocess import run_study
 from search.study import create_or_load_study, storage_url
 
 
-def test_every_candidate_diverging_trips_the_failure_cap(recipe_file, capsys):
-    recipe = recipe_file(**{"train.lr": 1e8, "search.max_consecutive_failures": 2})
+def test_every_candidate_diverging_trips_the_failure_cap(recipe_file, capsys, monkeypatch):
+    def diverged(logits: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return (logits * float("nan")).sum()  # the loss of a fine-tune whose weights blew up
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverged)
+    recipe = recipe_file(**{"search.max_consecutive_failures": 2})
     assert main(["run", str(recipe), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "stopped after 2 failed trials in a row (search.max_consecutive_failures)" in err

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict
 
 from evaluators.cost import Cost
+from evaluators.latency import LatencyStats
 from registry import UnknownName
 from search.config import load_config
 from search.executors.inprocess import FailureCap, run_study
@@ -25,9 +26,13 @@ from tests.conftest import tiny_recipe
 
 def test_versus_base_compares_cost_speed_and_accuracy():
     base = {"params": 100_000, "flops": 10**7, "latency_ms": 2.0, "accuracy": 0.9}
-    got = versus_base(base, Cost(macs=2_500_000, params=25_000), accuracy=0.85, latency_ms=0.5)
+    stats = LatencyStats(0.5, 0.6, 0.7, 0.55, 0.1, 100, 10, "onnxruntime", "1", "cpu", "fp32", 1)
+    got = versus_base(base, Cost(macs=2_500_000, params=25_000), accuracy=0.85, stats=stats)
     assert got == pytest.approx({"compression": 4.0, "flops_reduction": 0.5, "speedup": 4.0,
                                  "accuracy_change": -0.05})
+    stats.extra["interleaved"] = {"speedup": 3.6, "low": 3.5, "high": 3.8}
+    paired = versus_base(base, Cost(macs=2_500_000, params=25_000), accuracy=0.85, stats=stats)
+    assert (paired["speedup"], paired["speedup_low"], paired["speedup_high"]) == (3.6, 3.5, 3.8)
 
 
 def test_the_failure_cap_stops_a_study_on_a_streak_and_a_success_resets_it():

@@ -85,7 +85,7 @@ def test_cli_slimming_study_sparsity_trains_each_base_once_and_cuts_candidates_f
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a resumed study trained a base again")
 
-    monkeypatch.setattr(base_network, "train_model", no_training)
+    monkeypatch.setattr(base_network, "train_with_progress", no_training)
     monkeypatch.setattr(sparsity, "train_model", no_training)
     assert main(["run", str(path), "--trials", "5", "--no-progress"]) == 0
     assert stamps == [f.stat().st_mtime_ns for f in [run_dir / "base.pt", *files, run_dir / "gamma.png"]]
