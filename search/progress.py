@@ -50,9 +50,14 @@ class StudyProgress:
         record = TrialRecord.of(trial)
         if evaluated(trial):
             what = self.describe(record.candidate) if self.describe and record.candidate else ""
-            acc, lat = record.accuracy, record.latency_ms
-            rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
-            self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}", highlight=False)
+            if record.screened:
+                self.console.print(f"  #{trial.number:<4d} [yellow]screened[/]: {record.screened}  {what}",
+                                   highlight=False)
+            else:
+                acc, lat = record.accuracy, record.latency_ms
+                rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
+                self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}",
+                                   highlight=False)
             # the study's own count, so trials of other processes on the same study move the bar too
             self.progress.update(self.task, completed=completed(study), front=len(front_trials(study)))
         else:
