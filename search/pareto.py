@@ -31,7 +31,7 @@ def trials_frame(study: optuna.Study, describe: Callable[[dict[str, Any]], str] 
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "accuracy": t.values[0] if t.values else latest,
+                "accuracy": np.nan if r.screened else t.values[0] if t.values else latest,
                 "latency_ms": t.values[1] if t.values else (r.latency_ms if r.rungs else np.nan),
                 "p90_ms": lat.get("p90_ms", np.nan),
                 "cv": lat.get("cv", np.nan),
@@ -41,6 +41,7 @@ def trials_frame(study: optuna.Study, describe: Callable[[dict[str, Any]], str] 
                 "backend": lat.get("backend", ""),
                 "candidate": describe(r.candidate) if (describe and r.candidate) else json.dumps(r.candidate),
                 "error": r.error or "",
+                "screened": bool(r.screened),
                 "feasible": r.feasible,
                 "speedup": versus.get("speedup", np.nan),
                 "compression": versus.get("compression", np.nan),

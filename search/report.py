@@ -91,7 +91,7 @@ def _trials_columns(
     for _, r in df.iterrows():
         on_front = bool(r.get("front", False))
         row = [
-            str(r["trial"]), r["state"].lower(), "★" if on_front else "",
+            str(r["trial"]), "screened" if r.get("screened") else r["state"].lower(), "★" if on_front else "",
             _num(r["accuracy"], ".4f"), _num(r["latency_ms"], ".4f"), _num(r["p90_ms"], ".4f"),
             _human(r["macs"]), _human(r["params"]), _num(r["seconds"], ".1f"),
         ]

@@ -16,6 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from evaluators.onnx_export import export_onnx
+from search.cli import main
 from search.config import load_config
 from search.executors.inprocess import run_study
 from search.front import front_trials
@@ -112,6 +113,9 @@ def test_study_screens_candidates_that_miss_the_speedup_and_reuses_the_machine_t
     greedy = [r for r in records if r.candidate["policy"] == "latency_greedy"]
     assert greedy and all(r.candidate["speedup"] >= 1.1 for r in greedy)
     assert all(not TrialRecord.of(t).screened for t in front_trials(study))
+    capsys.readouterr()
+    assert main(["status", str(config.run_dir)]) == 0
+    assert capsys.readouterr().out.count("screened") >= len(screened)
     stamp = tables[0].stat().st_mtime_ns
     again = tmp_path / "again.yaml"
     again.write_text(yaml.safe_dump(recipe(tmp_path, name="tiny_stairs_again", constraints={"speedup": 1.3})))
