@@ -176,7 +176,8 @@ def main() -> None:
             meeting = [m for m in remeasured if m[1] >= target]
             if meeting:
                 acc, s, net, text, number = max(meeting, key=lambda m: m[0])
-                chosen[("searched", target)] = (net, f"trial {number}: {text} (val {acc:.3f} in the study)")
+                chosen[("searched", target)] = (net, f"trial {number}: {text.replace('|', '/')} (val {acc:.3f} in "
+                                                          "the study)")
 
         rows, results = [], {}
         base_test = evaluate(space.base, data.test)
