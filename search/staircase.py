@@ -28,6 +28,7 @@ from search.config import StudyConfig
 from search.errors import UsageError
 from search.locks import locked
 from search.lut import build_table, load_table
+from search.progress import StepProgress
 from spaces import Space
 from spaces.compress.units import policy_units
 
@@ -87,23 +88,14 @@ def study_table(
         else:
             say(f"latency table: measuring the units of {config.name} on {backend.name} ({backend.device()}); "
                 "once per machine and engine")
-            report = build_table(config, space, backend, networks=16, seed=config.seed, progress=_lines(say))
+            with StepProgress(f"latency table of {config.name}", "measurements") as step:
+                report = build_table(config, space, backend, networks=16, seed=config.seed, progress=step)
             report.table.meta["cache_key"] = key
             report.table.save(cached)
             say(f"latency table: {report.measured} units and {report.table.correction.networks} networks in "
                 f"{report.seconds:.0f} s, kept in {cached}")
         shutil.copyfile(cached, run_file)
         return load_table(run_file, backend, lat.precision, lat.batch_size)
-
-
-def _lines(say: Callable[[str], None], every: int = 50) -> Callable[[int, int, str], None]:
-    """A progress callback printing a line every `every` steps (and at the last)."""
-
-    def step(done: int, total: int, message: str) -> None:
-        if done % every == 0 or done == total - 1:
-            say(f"  {done + 1}/{total} {message}")
-
-    return step
 
 
 def predictor(table: LatencyTable) -> Callable[[list[dict]], float]:
