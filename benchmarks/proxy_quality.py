@@ -1,15 +1,21 @@
 """How well does a cheap accuracy estimate rank candidates like a long fine-tune does?
 
-Samples candidates, scores each at several fidelities (no fine-tune after adaptive BN where the
-space is a compression space; short, default and long fine-tunes) and reports the Spearman rank
-correlation of each fidelity with the longest one, so the study's default fidelity is chosen on
-evidence.
+Samples candidates, scores each at several fidelities (no fine-tune after adaptive BN where the space is a
+compression space; short, default and long fine-tunes) and reports the Spearman rank correlation of each
+fidelity with the longest one, and how many of the reference's best third each fidelity also puts in its best
+third (what a successive-halving rung with η = 3 promotes), so the study's default fidelity is chosen on evidence.
+
+`--speedup LOW HIGH` (a compression recipe with a latency table) picks the candidates to span that range of
+predicted speed-up over the base, log-evenly. `--cut` scores every fidelity on one fine-tune planned for the
+longest, cut at each (as a multi-fidelity study's rungs are); without it each fidelity is a fresh fine-tune.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
 import sys
 import tempfile
 import time
@@ -23,74 +29,127 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.train import evaluate  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.context import build_context  # noqa: E402
-from search.scoring import scoring_for  # noqa: E402
-from spaces import RandomSuggest  # noqa: E402
+from search.context import StudyContext, build_context  # noqa: E402
+from search.scoring import Scoring, scoring_for  # noqa: E402
+from spaces import Candidate, RandomSuggest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def score(ctx, scoring, candidate, epochs: float, seed: int) -> float:
-    """Validation accuracy (fp32) of a candidate after `epochs` of fine-tuning (0: none), scored by the study's
-    own scoring: a compressed candidate gets adaptive BN first and is distilled from the base."""
-    torch.manual_seed(seed)
-    model = ctx.space.build(copy.deepcopy(candidate))
-    scoring.prepare(model, seed)
-    if epochs == 0:
-        return evaluate(model, scoring.validation(seed))
-    tune = scoring.fine_tune(model, seed, epochs, candidate)
-    tune.run_to(epochs)
-    return tune.accuracy()
+def score(ctx: StudyContext, scoring: Scoring, candidate: Candidate, fidelities: list[float], seed: int,
+          cut: bool) -> list[float]:
+    """Validation accuracy (fp32) of a candidate at each fidelity in fine-tune epochs (0: none), scored by the
+    study's own scoring: a compressed candidate gets adaptive BN first and is distilled from the base. `cut`: one
+    fine-tune planned for the last fidelity, scored as it passes each; else a fresh fine-tune per fidelity."""
+    scores: list[float] = []
+    tune = None
+    for f in fidelities:
+        if tune is None or not cut:
+            torch.manual_seed(seed)
+            model = ctx.space.build(copy.deepcopy(candidate))
+            scoring.prepare(model, seed)
+            tune = scoring.fine_tune(model, seed, fidelities[-1] if cut else max(f, 1e-6), candidate)
+        if f == 0:
+            scores.append(evaluate(model, scoring.validation()))
+            continue
+        tune.run_to(f)
+        scores.append(tune.accuracy())
+    return scores
 
 
-def how(config) -> str:
-    """How a compressed candidate is scored, for the table's caption (empty for other spaces)."""
+def speedups(ctx: StudyContext, candidates: list[Candidate]) -> list[float]:
+    """Each candidate's speed-up over the base predicted by the study's latency table."""
+    space, table = ctx.space, ctx.table
+    base_ms = space.predicted_ms({g.name: g.channels for g in space.groups})
+    return [base_ms / table.predict(space.units(c)).ms for c in candidates]
+
+
+def spanning(ctx: StudyContext, n: int, low: float, high: float, pool: int = 600) -> list[Candidate]:
+    """`n` candidates whose predicted speed-ups lie closest to `n` targets log-evenly spaced over [low, high]."""
+    if ctx.table is None:
+        raise SystemExit("--speedup needs a recipe with a latency table (latency.table)")
+    drawn = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(pool)]
+    speed = speedups(ctx, drawn)
+    chosen: list[int] = []
+    for k in range(n):
+        target = low * (high / low) ** (k / max(n - 1, 1))
+        free = [i for i in range(pool) if i not in chosen]
+        chosen.append(min(free, key=lambda i: abs(math.log(speed[i] / target))))
+    return [drawn[i] for i in chosen]
+
+
+def top_share(scores: list[float], reference: list[float], share: float = 1 / 3) -> float:
+    """Of the reference's best `share` of candidates, the fraction that `scores` also ranks in its best `share`."""
+    k = max(1, int(len(scores) * share))
+    best = set(sorted(range(len(reference)), key=lambda i: -reference[i])[:k])
+    picked = set(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
+    return len(best & picked) / k
+
+
+def how(config, cut: bool, fidelities: list[float]) -> str:
+    """How a candidate is scored, for the table's caption."""
+    fine_tune = (f"one fine-tune planned for {fidelities[-1]:g} epochs, scored as it passes each fidelity"
+                 if cut else "a fresh fine-tune per fidelity")
     if config.space.type != "compress":
-        return ""
+        return f" ({fine_tune})"
     return (f" (pruned from the trained base, BatchNorm statistics re-estimated on {config.train.bn_batches} "
-            "training batches — fidelity 0 is that alone, the adaptive-BN proxy — then distilled from the base; "
-            "fp32 accuracy)")
+            f"training batches of {config.train.batch_size} — fidelity 0 is that alone, the adaptive-BN proxy — then "
+            f"{fine_tune}, distilled from the base; fp32 accuracy on the same "
+            f"{config.train.max_eval_samples or 'all'} validation images for every candidate)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=ROOT / "studies/digits_blocks.yaml")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--fidelities", type=float, nargs="+", default=[0.5, 1, 4, 12],
                         help="fine-tune epochs per level; the last is the reference")
+    parser.add_argument("--speedup", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                        help="candidates spanning this predicted speed-up range (needs a latency table)")
+    parser.add_argument("--cut", action="store_true", help="one fine-tune per candidate, cut at each fidelity")
+    parser.add_argument("--json", type=Path, default=None, help="also write every candidate's scores here")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="8 candidates, fidelities 0.5 1 4")
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.fidelities = 8, [0.5, 1, 4]
-    with tempfile.TemporaryDirectory() as tmp:  # a compression study trains its base here
+    fidelities = sorted(args.fidelities)
+    with tempfile.TemporaryDirectory() as tmp:  # a compression study trains its base (and its table) here
         config = load_config(args.recipe, [*args.overrides, f"output_dir={tmp}"])
         ctx = build_context(config)
     scoring = scoring_for(ctx)
-    candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
-    scores: dict[float, list[float]] = {f: [] for f in args.fidelities}
-    cost: dict[float, float] = {f: 0.0 for f in args.fidelities}
+    if args.speedup:
+        candidates = spanning(ctx, args.candidates, *args.speedup)
+    else:
+        candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
+    predicted = speedups(ctx, candidates) if ctx.table is not None else [None] * len(candidates)
+    scores: dict[float, list[float]] = {f: [] for f in fidelities}
+    started = time.perf_counter()
     for i, cand in enumerate(candidates):
-        for f in args.fidelities:
-            t = time.perf_counter()
-            scores[f].append(score(ctx, scoring, cand, f, seed=i))
-            cost[f] += time.perf_counter() - t
-        print(f"candidate {i}: " + " ".join(f"{f}ep={scores[f][-1]:.4f}" for f in args.fidelities), flush=True)
-    ref = args.fidelities[-1]
-    rows = []
-    for f in args.fidelities:
-        rho = spearmanr(scores[f], scores[ref]).statistic if f != ref else 1.0
-        rows.append({"fidelity (epochs)": f, "Spearman vs longest": f"{rho:.3f}",
-                     "mean accuracy": f"{sum(scores[f]) / len(scores[f]):.4f}",
-                     "s per candidate": f"{cost[f] / len(candidates):.2f}"})
+        for f, s in zip(fidelities, score(ctx, scoring, cand, fidelities, seed=i, cut=args.cut)):
+            scores[f].append(s)
+        speed = "" if predicted[i] is None else f" (predicted {predicted[i]:.2f}×)"
+        print(f"candidate {i}{speed}: " + " ".join(f"{f:g}ep={scores[f][-1]:.4f}" for f in fidelities), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"fidelities": fidelities, "predicted_speedup": predicted[: i + 1],
+                                             "scores": {str(f): scores[f] for f in fidelities},
+                                             "candidates": candidates[: i + 1]}, indent=1))
+    seconds = time.perf_counter() - started
+    ref = fidelities[-1]
+    rows = [{"fidelity (epochs)": f"{f:g}" + (" (adaptive BN)" if f == 0 else ""),
+             "Spearman vs longest": f"{spearmanr(scores[f], scores[ref]).statistic:.3f}" if f != ref else "1",
+             "best third kept": f"{top_share(scores[f], scores[ref]):.2f}",
+             "mean accuracy": f"{sum(scores[f]) / len(scores[f]):.4f}"} for f in fidelities]
     table = markdown_table(rows)
     print(table)
-    variant = "".join(f" {o}" for o in args.overrides)
-    write_section(f"proxy-{variant_name(args.recipe, args.overrides)}", f"Proxy quality: {args.recipe.stem}{variant}",
-                  f"{len(candidates)} random candidates of `{shown(args.recipe)}`{variant and ' with' + variant}, "
-                  "each fine-tuned from "
-                  f"the same start at every fidelity{how(config)}; rank correlation with the {ref}-epoch accuracy."
-                  "\n\n" + table)
+    span = "" if not args.speedup else (f" whose predicted speed-ups over the base span "
+                                        f"{min(predicted):.2f}×–{max(predicted):.2f}×")
+    variant = "".join(f" {o}" for o in args.overrides) + (" cut" if args.cut else "")
+    write_section(f"proxy-{variant_name(args.recipe, args.overrides)}{'-cut' if args.cut else ''}",
+                  f"Proxy quality: {args.recipe.stem}{variant}",
+                  f"{len(candidates)} candidates of `{shown(args.recipe)}`{span}{how(config, args.cut, fidelities)}; "
+                  f"rank correlation with the {ref:g}-epoch accuracy; {seconds / 60:.0f} min in all on "
+                  f"{config.train.resolved_device()}.\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -314,10 +314,10 @@ class FineTune:
             raise TrainingDiverged(f"loss became {self.loss} by step {self.step} of {self.total_steps}")
 
     def accuracy(self, split: str = "val") -> float:
-        """Top-1 accuracy on `split` (its first `settings.max_eval_samples` images of the seeded shuffle), scored on
-        `settings.device`."""
+        """Top-1 accuracy on `split` (its first `settings.max_eval_samples` images of one fixed shuffle, the same for
+        every fine-tune), scored on `settings.device`."""
         with placed(self.settings.device, self.model):
-            return evaluate(self.model, getattr(self.data, split).subset(self.settings.max_eval_samples, self.seed))
+            return evaluate(self.model, getattr(self.data, split).subset(self.settings.max_eval_samples))
 
     def result(self, split: str = "val") -> TrainResult:
         """What the fine-tune reached so far, scored on `split`."""

@@ -156,7 +156,7 @@ def _write_export(
     seed = config.seed + root_number(trial)
     torch.manual_seed(seed)  # the initial weights the trial's network was built with
     model = ctx.space.build(candidate)
-    val, test = scoring.validation(seed), ctx.data.test
+    val, test = scoring.validation(), ctx.data.test
     with tempfile.TemporaryDirectory() as tmp:
         if record.at_top:
             load_weights(study, trial, config.run_dir, model, Path(tmp))

@@ -39,16 +39,18 @@ class RungPoint:
 
 
 def reached(trials: Iterable[FrozenTrial], rung: int) -> list[RungPoint]:
-    """The feasible candidates that have a result at `rung`. Failed trials are left out: a trial killed mid-rung
+    """The feasible candidates that have a result at `rung`, at their latency predicted by the study's table where
+    it has one (so candidates timed at the top and those not yet timed compare alike), else measured. Failed trials are left out: a trial killed mid-rung
     is retried as another trial that carries its results, so each candidate counts once."""
     points = []
     for t in trials:
         if t.state not in _ALIVE:
             continue
         record = TrialRecord.of(t)
-        if not record.rungs or len(record.rungs) <= rung or record.latency_ms is None or not record.is_feasible:
+        latency = record.latency_ms if record.predicted_latency_ms is None else record.predicted_latency_ms
+        if not record.rungs or len(record.rungs) <= rung or latency is None or not record.is_feasible:
             continue
-        points.append(RungPoint(t.number, float(record.rungs[rung]["accuracy"]), record.latency_ms))
+        points.append(RungPoint(t.number, float(record.rungs[rung]["accuracy"]), latency))
     return points
 
 

@@ -94,7 +94,7 @@ class Objective:
             t = time.perf_counter()
             feasible = apply_constraints(trial, record, self.config.constraints, accuracy=record.accuracy,
                                          latency_ms=stats.median_ms, params=cost.params,
-                                         base_latency_ms=self.scoring.base_latency_ms())
+                                         base_latency_ms=self.base_ms(stats))
             if feasible and record.at_top and exported is not None:
                 keep_if_on_front(trial, exported, record.accuracy, stats.median_ms, self.artifacts)
             seconds["artifacts"] = time.perf_counter() - t
@@ -102,6 +102,11 @@ class Objective:
         seconds["total"] = time.perf_counter() - t0
         record.save(trial, seconds={**record.seconds, **seconds})
         return record.accuracy, stats.median_ms
+
+    def base_ms(self, stats: LatencyStats) -> float | None:
+        """The base's latency to set `stats` against: its prediction where `stats` is a prediction, else its
+        measurement."""
+        return self.predicted_base_ms() if stats.extra.get("predicted") else self.scoring.base_latency_ms()
 
     def predicted_base_ms(self) -> float | None:
         """The base network's latency predicted by the study's table (None: no table, or a space without a base)."""
@@ -140,7 +145,7 @@ class Objective:
             tune = scoring.fine_tune(model, seed, candidate=candidate)
             tune.run_to(self.config.train.epochs)
             exported = ExportedModel(model, self.ctx.data.input_shape, tmp)
-            record.save(trial, **scoring.score(exported, candidate, tune.accuracy(), scoring.validation(seed)),
+            record.save(trial, **scoring.score(exported, candidate, tune.accuracy(), scoring.validation()),
                         train_loss=tune.loss)
             seconds["train"] = time.perf_counter() - t
         return exported, self.measure(trial, record, exported, candidate, seconds)
@@ -150,13 +155,18 @@ class Objective:
         """Time the export alone on this machine (the first trial of a process also reads the study's base)."""
         with self.lock.measuring() as seconds["latency_wait"]:
             t = time.perf_counter()
-            if not self.attached:
-                self.scoring.attach(trial.study)
-                self.attached = True
+            self.attach(trial)
             stats = self.scoring.latency(exported, candidate)
             seconds["latency"] = time.perf_counter() - t
         record.save(trial, latency=stats.as_dict())
         return stats
+
+
+    def attach(self, trial: optuna.Trial) -> None:
+        """Read what the scoring needs from the study (the base's record) once per process."""
+        if not self.attached:
+            self.scoring.attach(trial.study)
+            self.attached = True
 
 
 def make_objective(ctx: StudyContext) -> Objective:

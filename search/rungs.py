@@ -1,7 +1,11 @@
 """A multi-fidelity trial: a candidate scored rung by rung, going on only while it is in the best 1/η of its rung.
 
-Latency does not depend on training, so it is measured first, on the model as built (after adaptive BN for a
-compressed one); a candidate over a latency or parameter constraint stops there, untrained. Then the fine-tune
+Latency does not depend on training, so it is known first, for the model as built (after adaptive BN for a
+compressed one); a candidate over a latency or parameter constraint stops there, untrained. Where the first rung
+is 0 epochs (screening by adaptive BN) and the study has a latency table, that first latency is the table's
+prediction — no export, no engine session — and the engine times the candidate once, on its final export, only
+if it reaches the top rung; rung 0 then costs a build, a BatchNorm recalibration and one evaluation. Without a
+table the engine times the built model first. Then the fine-tune
 — one plan for the top rung's epochs, a one-cycle schedule over the whole budget — runs up to each rung's epochs
 in turn; after each rung the candidate is scored at its precision, the result is stored on its record and in a
 checkpoint, and `search.fidelity.decide` says whether it goes on. A promoted candidate continues the same
@@ -82,12 +86,14 @@ class RungObjective(Objective):
             results, go_on = [], True
             torch.manual_seed(seed)
             record.save(trial, **scoring.prepare(model, seed))
-            exported = ExportedModel(model, self.ctx.data.input_shape, tmp / "built")
-            stats = self.measure(trial, record, exported, candidate, seconds)
+            stats = self.predicted(trial, record) if rungs[0] == 0 else None
+            if stats is None:
+                exported = ExportedModel(model, self.ctx.data.input_shape, tmp / "built")
+                stats = self.measure(trial, record, exported, candidate, seconds)
             over = over_before_training(self.config.constraints, stats.median_ms, cost.params,
-                                        self.scoring.base_latency_ms())
+                                        self.base_ms(stats))
             if over:
-                record.save(trial, accuracy=evaluate(model, scoring.validation(seed)), rung=0, top_rung=top, rungs=[],
+                record.save(trial, accuracy=evaluate(model, scoring.validation()), rung=0, top_rung=top, rungs=[],
                             stopped=f"over the {' and '.join(over)} constraint: stopped untrained")
                 return exported, stats
             tune = scoring.fine_tune(model, seed, candidate=candidate)
@@ -102,7 +108,9 @@ class RungObjective(Objective):
             needs_export = rung == top or scoring.accuracy_precision(candidate) != "fp32"
             if needs_export and (exported is None or tune.step > 0):
                 exported = ExportedModel(model, self.ctx.data.input_shape, tmp / f"rung{rung}")
-            scored = scoring.score(exported, candidate, tune.accuracy(), scoring.validation(seed))
+            if rung == top and stats.extra.get("predicted"):
+                stats = self.measure(trial, record, exported, candidate, seconds)
+            scored = scoring.score(exported, candidate, tune.accuracy(), scoring.validation())
             results.append({"rung": rung, "epochs": rungs[rung], **scored, "seconds": time.perf_counter() - t})
             seconds["train"] += results[-1]["seconds"]
             record.save(trial, rungs=results, train_loss=tune.loss, **scored)
@@ -113,6 +121,22 @@ class RungObjective(Objective):
                 break
         checkpoints.drop(run_dir, root)
         return exported, stats
+
+    def predicted(self, trial: optuna.Trial, record: TrialRecord) -> LatencyStats | None:
+        """The candidate's latency as the study's table predicts it (None: no table, or units it cannot predict),
+        standing in for a measurement until the candidate reaches the top rung; `extra` holds the predicted
+        speed-up over the base's prediction."""
+        ms, base_ms = record.predicted_latency_ms, self.predicted_base_ms()
+        if ms is None or base_ms is None:
+            return None
+        self.attach(trial)
+        lat = self.config.latency
+        stats = LatencyStats(median_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms, cv=0.0, runs=0, warmup_runs=0,
+                             backend=self.backend.name, backend_version=self.backend.version(),
+                             device=self.backend.device(), precision=lat.precision, batch_size=lat.batch_size,
+                             extra={"predicted": True, "speedup": base_ms / ms})
+        record.save(trial, latency=stats.as_dict())
+        return stats
 
     def _promoted(self, trial: optuna.Trial, record: TrialRecord, rung: int) -> bool:
         """Whether the candidate goes on from `rung`; when it does not, why is stored as `stopped`."""

@@ -123,6 +123,26 @@ def test_study_screens_candidates_that_miss_the_speedup_and_reuses_the_machine_t
     assert "reusing" in capsys.readouterr().out and tables[0].stat().st_mtime_ns == stamp
 
 
+def test_adaptive_bn_screening_with_a_table_times_only_candidates_that_reach_the_top(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMSEARCH_CACHE", str(tmp_path / "cache"))
+    raw = recipe(tmp_path, search={"sampler": "random", "trials": 6, "anchors": 0,
+                                   "fidelity": {"rungs": [0, 0.3], "eta": 3}})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    study = run_study(load_config(path), show_progress=False)
+    records = [TrialRecord.of(t) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    stopped = [r for r in records if not r.at_top]
+    top = [r for r in records if r.at_top]
+    assert stopped and top
+    for r in stopped:
+        assert r.latency["extra"]["predicted"] and r.latency["runs"] == 0 and "latency" not in r.seconds
+        assert r.latency["median_ms"] == r.predicted_latency_ms and r.rungs[0]["epochs"] == 0
+        assert r.vs_base["speedup"] == pytest.approx(r.latency["extra"]["speedup"])
+    for r in top:
+        assert r.latency["runs"] > 0 and "predicted" not in r.latency["extra"] and r.seconds["latency"] > 0
+        assert "interleaved" in r.latency["extra"] and len(r.rungs) == 2
+
+
 def test_lut_build_and_check_work_for_a_compression_recipe(tmp_path):
     path = tmp_path / "lut.yaml"
     path.write_text(yaml.safe_dump(recipe(tmp_path, latency={"backend": "onnxruntime", "max_seconds": 0.1,

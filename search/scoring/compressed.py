@@ -5,7 +5,7 @@ the study's base."""
 from __future__ import annotations
 
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 import torch.nn as nn
@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 def versus_base(base: dict[str, Any], cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float]:
     """A candidate against the base: parameter compression (×), FLOPs reduction (share), measured speedup (×),
     accuracy change (points of the [0, 1] scale). The speed-up is the one timed interleaved with the base where the
-    backend could (`interleaved` in the stats, with its per-round range), else the ratio of the two medians."""
+    backend could (`interleaved` in the stats, with its per-round range), the table's prediction against the base's
+    for a latency that is a prediction (`predicted`), else the ratio of the two medians."""
     paired = stats.extra.get("interleaved")
-    if isinstance(paired, dict):
+    if stats.extra.get("predicted"):
+        speed = {"speedup": float(stats.extra["speedup"])}
+    elif isinstance(paired, dict):
         speed = {"speedup": paired["speedup"], "speedup_low": paired["low"], "speedup_high": paired["high"]}
     else:
         speed = {"speedup": base["latency_ms"] / stats.median_ms if stats.median_ms > 0 else float("nan")}
@@ -59,7 +62,7 @@ class CompressedScoring(Scoring):
                 f"{', '.join(backend.precisions)}, not {', '.join(unsupported)}"
             )
         self.base: dict[str, Any] | None = None
-        self._base_onnx: ExportedModel | None = None
+        self._base_runner: Callable[[], object] | None = None
         self._base_folder: tempfile.TemporaryDirectory | None = None
 
     @classmethod
@@ -78,7 +81,7 @@ class CompressedScoring(Scoring):
             self.base = recorded_base(study, self.config, self.data, self.ctx.backend, space.base, space.base_spec)
             if space.sparse and "sparsity" not in study.user_attrs:
                 study.set_user_attr(
-                    "sparsity", sparsity_record(self.config, space.base, space.sparse, self.validation(self.config.seed))
+                    "sparsity", sparsity_record(self.config, space.base, space.sparse, self.validation())
                 )
 
     def candidate_fields(self, candidate: Candidate) -> dict[str, Any]:
@@ -99,7 +102,7 @@ class CompressedScoring(Scoring):
         it (`accuracy_adaptive_bn`), before any fine-tune."""
         with placed(self.settings.device, model):
             recalibrate_bn(model, self.data.train, self.config.train.bn_batches, self.settings.batch_size, seed)
-            return {"accuracy_adaptive_bn": evaluate(model, self.validation(seed))}
+            return {"accuracy_adaptive_bn": evaluate(model, self.validation())}
 
     def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float] | None:
         return None if self.base is None else versus_base(self.base, cost, accuracy, stats)
@@ -115,12 +118,12 @@ class CompressedScoring(Scoring):
         batch, precision = self.config.latency.batch_size, self.precision(candidate)
         calibration = self.calibration() if precision == "int8" else None
         path = exported.fixed(exported.at(precision, calibration), batch)
-        if self._base_onnx is None:
+        if self._base_runner is None:  # exported and given a session once per process
             self._base_folder = tempfile.TemporaryDirectory()
-            self._base_onnx = ExportedModel(self.ctx.space.base, self.data.input_shape, self._base_folder.name)
-        base_path = self._base_onnx.fixed(self._base_onnx.onnx, batch)
+            base = ExportedModel(self.ctx.space.base, self.data.input_shape, self._base_folder.name)
+            self._base_runner = runner(base.fixed(base.onnx, batch), batch)
         runs = max(10, min(100, int(0.05 / max(stats.median_ms / 1e3, 1e-6))))
-        paired = interleaved({"base": runner(base_path, batch), "candidate": runner(path, batch)}, "base",
+        paired = interleaved({"base": self._base_runner, "candidate": runner(path, batch)}, "base",
                              rounds=5, runs=runs)[1]
         stats.extra["interleaved"] = {"speedup": paired.speedup, "low": paired.speedup_low,
                                       "high": paired.speedup_high, "rounds": paired.rounds, "runs": runs,

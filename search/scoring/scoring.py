@@ -102,9 +102,10 @@ class Scoring:
         teacher = space.teacher if candidate is None else space.teacher_for(candidate)
         return FineTune(model, self.data, settings, seed=seed, teacher=teacher)
 
-    def validation(self, seed: int) -> Split:
-        """The validation images a candidate is scored on."""
-        return self.data.val.subset(self.settings.max_eval_samples, seed)
+    def validation(self) -> Split:
+        """The validation images every candidate is scored on: the same `train.max_eval_samples` for all, so their
+        accuracies differ by the networks, not by the images drawn."""
+        return self.data.val.subset(self.settings.max_eval_samples)
 
     def accuracy(self, model: nn.Module, exported: ExportedModel, candidate: Candidate, split: Split) -> float:
         """Accuracy on `split` at the candidate's scoring precision (lower precisions: the converted ONNX model
