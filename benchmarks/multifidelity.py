@@ -76,7 +76,7 @@ def run_one(
     recipe: Path, mode: str, seed: int, args: argparse.Namespace, out: Path
 ) -> tuple[list[FrozenTrial], float]:
     """One study under the budget: its trials that finished inside it, and the peak load average meanwhile."""
-    fidelity = [] if mode == "single" else [
+    fidelity = ["search.fidelity=null"] if mode == "single" else [
         f"search.fidelity={{rungs: [{', '.join(f'{r:g}' for r in args.rungs)}], eta: {args.eta:g}, report: {mode}}}"
     ]
     name = f"{run_name(recipe, [*args.overrides, *fidelity])}-{mode}-{seed}"
