@@ -98,6 +98,71 @@ def how(config, cut: bool, fidelities: list[float]) -> str:
             f"{config.train.max_eval_samples or 'all'} validation images for every candidate)")
 
 
+def bands(predicted: list[float], parts: int = 3) -> list[list[int]]:
+    """Candidate indices split into `parts` bands of predicted speed-up, slowest band first."""
+    order = sorted(range(len(predicted)), key=lambda i: predicted[i])
+    size = math.ceil(len(order) / parts)
+    return [order[k:k + size] for k in range(0, len(order), size)]
+
+
+def report(args: argparse.Namespace, config, run: dict) -> None:
+    """The table (Spearman with the longest fidelity overall and, where speed-ups are known, within each third
+    of the speed-up range, where candidates compete at similar latency) and its RESULTS.md section."""
+    fidelities, predicted = run["fidelities"], run["predicted_speedup"]
+    scores = {f: run["scores"][str(f)] for f in fidelities}
+    ref = fidelities[-1]
+    groups = bands(predicted) if None not in predicted else []
+    rows = []
+    for f in fidelities:
+        row = {"fidelity (epochs)": f"{f:g}" + (" (adaptive BN)" if f == 0 else ""),
+               "Spearman vs longest": f"{spearmanr(scores[f], scores[ref]).statistic:.3f}" if f != ref else "1",
+               "best third kept": f"{top_share(scores[f], scores[ref]):.2f}"}
+        if groups:
+            row["Spearman within speed-up thirds"] = " / ".join(
+                "1" if f == ref else f"{spearmanr([scores[f][i] for i in g], [scores[ref][i] for i in g]).statistic:.2f}"
+                for g in groups)
+        row["mean accuracy"] = f"{sum(scores[f]) / len(scores[f]):.4f}"
+        rows.append(row)
+    table = markdown_table(rows)
+    print(table)
+    n = len(scores[ref])
+    span = "" if not groups else (f" whose predicted speed-ups over the base span {min(predicted):.2f}×–"
+                                  f"{max(predicted):.2f}× (thirds: " + ", ".join(
+                                      f"{min(predicted[i] for i in g):.2f}–{max(predicted[i] for i in g):.2f}×"
+                                      for g in groups) + ")")
+    variant = "".join(f" {o}" for o in args.overrides) + (" cut" if args.cut else "")
+    write_section(f"proxy-{variant_name(args.recipe, args.overrides)}{'-cut' if args.cut else ''}",
+                  f"Proxy quality: {args.recipe.stem}{variant}",
+                  f"{n} candidates of `{shown(args.recipe)}`{span}{how(config, args.cut, fidelities)}; rank "
+                  f"correlation with the {ref:g}-epoch accuracy; {run['seconds'] / 60:.0f} min in all on "
+                  f"{config.train.resolved_device()}.\n\n" + table)
+
+
+def measure(args: argparse.Namespace, config, fidelities: list[float]) -> dict:
+    """Score the candidates at every fidelity; the run as written to `--json` (after each candidate)."""
+    ctx = build_context(config)
+    scoring = scoring_for(ctx)
+    if args.speedup:
+        candidates = spanning(ctx, args.candidates, *args.speedup)
+    else:
+        candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
+    predicted = speedups(ctx, candidates) if ctx.table is not None else [None] * len(candidates)
+    run = {"fidelities": fidelities, "predicted_speedup": predicted, "scores": {str(f): [] for f in fidelities},
+           "candidates": candidates, "seconds": 0.0}
+    started = time.perf_counter()
+    for i, cand in enumerate(candidates):
+        for f, s in zip(fidelities, score(ctx, scoring, cand, fidelities, seed=i, cut=args.cut)):
+            run["scores"][str(f)].append(s)
+        run["seconds"] = time.perf_counter() - started
+        speed = "" if predicted[i] is None else f" (predicted {predicted[i]:.2f}×)"
+        print(f"candidate {i}{speed}: " + " ".join(f"{f:g}ep={run['scores'][str(f)][-1]:.4f}" for f in fidelities),
+              flush=True)
+        if args.json:
+            done = {**run, "predicted_speedup": predicted[: i + 1], "candidates": candidates[: i + 1]}
+            args.json.write_text(json.dumps(done, indent=1))
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=ROOT / "studies/digits_blocks.yaml")
@@ -108,48 +173,21 @@ def main() -> None:
                         help="candidates spanning this predicted speed-up range (needs a latency table)")
     parser.add_argument("--cut", action="store_true", help="one fine-tune per candidate, cut at each fidelity")
     parser.add_argument("--json", type=Path, default=None, help="also write every candidate's scores here")
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="write the table and section again from a --json file of an earlier run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="8 candidates, fidelities 0.5 1 4")
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.fidelities = 8, [0.5, 1, 4]
-    fidelities = sorted(args.fidelities)
     with tempfile.TemporaryDirectory() as tmp:  # a compression study trains its base (and its table) here
         config = load_config(args.recipe, [*args.overrides, f"output_dir={tmp}"])
-        ctx = build_context(config)
-    scoring = scoring_for(ctx)
-    if args.speedup:
-        candidates = spanning(ctx, args.candidates, *args.speedup)
-    else:
-        candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
-    predicted = speedups(ctx, candidates) if ctx.table is not None else [None] * len(candidates)
-    scores: dict[float, list[float]] = {f: [] for f in fidelities}
-    started = time.perf_counter()
-    for i, cand in enumerate(candidates):
-        for f, s in zip(fidelities, score(ctx, scoring, cand, fidelities, seed=i, cut=args.cut)):
-            scores[f].append(s)
-        speed = "" if predicted[i] is None else f" (predicted {predicted[i]:.2f}×)"
-        print(f"candidate {i}{speed}: " + " ".join(f"{f:g}ep={scores[f][-1]:.4f}" for f in fidelities), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps({"fidelities": fidelities, "predicted_speedup": predicted[: i + 1],
-                                             "scores": {str(f): scores[f] for f in fidelities},
-                                             "candidates": candidates[: i + 1]}, indent=1))
-    seconds = time.perf_counter() - started
-    ref = fidelities[-1]
-    rows = [{"fidelity (epochs)": f"{f:g}" + (" (adaptive BN)" if f == 0 else ""),
-             "Spearman vs longest": f"{spearmanr(scores[f], scores[ref]).statistic:.3f}" if f != ref else "1",
-             "best third kept": f"{top_share(scores[f], scores[ref]):.2f}",
-             "mean accuracy": f"{sum(scores[f]) / len(scores[f]):.4f}"} for f in fidelities]
-    table = markdown_table(rows)
-    print(table)
-    span = "" if not args.speedup else (f" whose predicted speed-ups over the base span "
-                                        f"{min(predicted):.2f}×–{max(predicted):.2f}×")
-    variant = "".join(f" {o}" for o in args.overrides) + (" cut" if args.cut else "")
-    write_section(f"proxy-{variant_name(args.recipe, args.overrides)}{'-cut' if args.cut else ''}",
-                  f"Proxy quality: {args.recipe.stem}{variant}",
-                  f"{len(candidates)} candidates of `{shown(args.recipe)}`{span}{how(config, args.cut, fidelities)}; "
-                  f"rank correlation with the {ref:g}-epoch accuracy; {seconds / 60:.0f} min in all on "
-                  f"{config.train.resolved_device()}.\n\n" + table)
+        if args.report:
+            run = json.loads(args.report.read_text())
+            run["fidelities"] = [float(f) for f in run["fidelities"]]
+        else:
+            run = measure(args, config, sorted(args.fidelities))
+    report(args, config, run)
 
 
 if __name__ == "__main__":
