@@ -111,6 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(args.recipe, [f"output_dir={tmp}", f"search.trials={args.trials}",
                                            f"train.epochs={args.study_epochs}", f"constraints.speedup={min(args.targets)}",
+                                           f"search.fidelity={{rungs: [0, {args.study_epochs:g}], eta: 3}}",
                                            *args.overrides])
         ctx = build_context(config)
         space, table, backend, data = ctx.space, ctx.table, ctx.backend, ctx.data
