@@ -34,8 +34,8 @@ from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.latency.timing import interleaved  # noqa: E402
 from evaluators.onnx_export import export_onnx  # noqa: E402
 from evaluators.train import FineTune, evaluate, placed, recalibrate_bn  # noqa: E402
+from search.build import build_context  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.context import build_context  # noqa: E402
 from search.executors.inprocess import run_study  # noqa: E402
 from search.lut import check_table  # noqa: E402
 from search.record import TrialRecord  # noqa: E402

@@ -33,8 +33,9 @@ from benchmarks.results import markdown_table, shown, variant_name, write_sectio
 from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.exported import ExportedModel  # noqa: E402
 from evaluators.train import evaluate, recalibrate_bn  # noqa: E402
+from search.build import build_context  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.context import StudyContext, build_context  # noqa: E402
+from search.context import StudyContext  # noqa: E402
 from search.executors.inprocess import run_study  # noqa: E402
 from search.record import TrialRecord  # noqa: E402
 

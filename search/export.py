@@ -27,10 +27,11 @@ from evaluators.exported import ExportedModel
 from evaluators.latency import AVAILABILITY, BACKENDS, BackendUnavailable, get_backend
 from evaluators.onnx_export import OPSET
 from search.artifacts import WEIGHTS, artifact_store, fetch, trial_artifacts
+from search.build import build_context, build_space
 from search.card import write_card
 from search.checkpoints import root_number
 from search.config import StudyConfig, validate_config
-from search.context import StudyContext, build_context, build_space, recipe_data
+from search.context import StudyContext, recipe_data
 from search.errors import UsageError
 from search.front import front_trials
 from search.record import TrialRecord

@@ -167,12 +167,3 @@ class Objective:
         if not self.attached:
             self.scoring.attach(trial.study)
             self.attached = True
-
-
-def make_objective(ctx: StudyContext) -> Objective:
-    """The study's objective: one fine-tune per candidate, or rungs of them with `search.fidelity`."""
-    if ctx.config.search.fidelity is None:
-        return Objective(ctx)
-    from search.rungs import RungObjective
-
-    return RungObjective(ctx)

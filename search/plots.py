@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+SMALL = 1e-2  # |γ| below this counts as switched off: in the sparsity summaries, the report and gamma.png
 RUNG_COLOURS = ("#b8c4cf", "#7fa7c9", "#3f7cac", "#1d4e89", "#0b2545")
 
 

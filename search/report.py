@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from search.scoring.sparsity import SMALL
+from search.plots import SMALL
 
 
 def _num(value: object, fmt: str) -> str:

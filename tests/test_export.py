@@ -15,9 +15,9 @@ from optuna.trial import TrialState, create_trial
 
 from evaluators.latency import AVAILABILITY
 from search.artifacts import WEIGHTS, trial_artifacts
+from search.build import build_context
 from search.cli import main
 from search.config import load_config
-from search.context import build_context
 from search.errors import UsageError
 from search.executors.inprocess import run_study
 from search.export import rebuild

@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 import search.scoring.base_network as base_network
 import search.scoring.sparsity as sparsity
 from evaluators.train import batchnorm_scales
+from search.build import build_context
 from search.cli import main
 from search.config import load_config
-from search.context import build_context
 from spaces import RandomSuggest
 from spaces.compress import CompressError, CompressSpace, CompressSpaceConfig, fingerprint
 from spaces.compress.nets import tiny_resnet

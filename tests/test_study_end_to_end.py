@@ -8,9 +8,9 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from search.build import build_context
 from search.cli import main
 from search.config import load_config
-from search.context import build_context
 from search.executors.inprocess import run_study
 
 

@@ -106,7 +106,8 @@ def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
 
 def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[tuple[str, Any]], tuple[int, int, int]]:
     """(label, nn.Module) pairs to time, and the input shape of one image."""
-    from search.context import build_space, recipe_data
+    from search.build import build_space
+    from search.context import recipe_data
     from search.lut import sample_candidates
     from search.record import TrialRecord
     from search.study import open_study

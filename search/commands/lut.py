@@ -56,7 +56,8 @@ def _progress() -> Progress:
 
 def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
     """The recipe's blocks space and its latency backend."""
-    from search.context import build_space, make_backend, recipe_data
+    from search.build import build_space
+    from search.context import make_backend, recipe_data
     from search.lut import require_units
 
     data = recipe_data(config)

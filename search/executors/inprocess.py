@@ -11,11 +11,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import PruneArtifacts, artifact_store
+from search.build import build_context, make_objective
 from search.config import StudyConfig
-from search.context import build_context
 from search.errors import UsageError
 from search.locks import record_protocol
-from search.objective import make_objective
 from search.progress import StudyProgress
 from search.record import TrialRecord
 from search.recovery import recover_stale_trials

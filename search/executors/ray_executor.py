@@ -25,12 +25,13 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search.artifacts import PruneArtifacts, artifact_store
+from search.build import build_context, build_space, make_objective
 from search.config import StudyConfig, validate_config
-from search.context import build_context, build_space, recipe_data
+from search.context import recipe_data
 from search.errors import UsageError
 from search.executors.ray_searcher import PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
 from search.locks import record_protocol
-from search.objective import Objective, make_objective
+from search.objective import Objective
 from search.progress import StudyProgress
 from search.record import TrialRecord
 from search.study import (

@@ -16,12 +16,12 @@ import torch.nn as nn
 from evaluators.data import DataBundle, Split
 from evaluators.train import TrainSettings, batchnorm_scales, evaluate, train_model
 from search.config import StudyConfig
-from search.plots import plot_gamma
+from search.plots import SMALL, plot_gamma
 from search.scoring.base_network import base_settings, cached_training
 from spaces.compress import fingerprint
 
 GAMMA_PLOT = "gamma.png"
-SMALL = 1e-2  # |γ| below this counts as switched off in the summaries
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
