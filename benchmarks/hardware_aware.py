@@ -32,7 +32,7 @@ from benchmarks.realscale_baselines import tp_global_l1  # noqa: E402
 from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.latency.timing import interleaved  # noqa: E402
-from evaluators.onnx_export import export_onnx  # noqa: E402
+from evaluators.to_onnx import export_onnx  # noqa: E402
 from evaluators.train import FineTune, evaluate, placed, recalibrate_bn  # noqa: E402
 from search.build import build_context  # noqa: E402
 from search.config import load_config  # noqa: E402

@@ -66,7 +66,7 @@ from benchmarks.realscale_stages import (  # noqa: E402
     stage4_entries,
 )
 from benchmarks.results import ROOT, command_line, machine  # noqa: E402
-from evaluators.data import DataBundle, load_data  # noqa: E402
+from evaluators.splits import DataBundle, load_data  # noqa: E402
 from evaluators.train import TrainSettings  # noqa: E402
 from search.config import StudyConfig, load_config  # noqa: E402
 

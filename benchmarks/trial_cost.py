@@ -31,7 +31,7 @@ from optuna.trial import TrialState  # noqa: E402
 from benchmarks.proxy_quality import spanning  # noqa: E402
 from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.cost import measure_cost  # noqa: E402
-from evaluators.exported import ExportedModel  # noqa: E402
+from evaluators.onnx_model import ExportedModel  # noqa: E402
 from evaluators.train import evaluate, recalibrate_bn  # noqa: E402
 from search.build import build_context  # noqa: E402
 from search.config import load_config  # noqa: E402

@@ -19,7 +19,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
-from evaluators.exported import ExportedModel
+from evaluators.onnx_model import ExportedModel
 from search.front import dominated, front_numbers
 
 ARTIFACTS_DIR = "artifacts"

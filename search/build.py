@@ -4,7 +4,7 @@ built through them (a compression space gets its trained base from its scoring's
 
 from __future__ import annotations
 
-from evaluators.data import DataBundle
+from evaluators.splits import DataBundle
 from search.config import StudyConfig
 from search.context import StudyContext, make_backend, recipe_data
 from search.errors import UsageError

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.data import DataBundle, load_data
 from evaluators.latency import BackendUnavailable, LatencyBackend, UnsupportedRequest, get_backend, resolve_backend_name
 from evaluators.latency.table import LatencyTable
+from evaluators.splits import DataBundle, load_data
 from search.config import StudyConfig
 from search.errors import UsageError
 from search.sections import LatencyConfig

@@ -22,10 +22,10 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from evaluators.cost import measure_cost
-from evaluators.data import Split
-from evaluators.exported import ExportedModel
 from evaluators.latency import AVAILABILITY, BACKENDS, BackendUnavailable, get_backend
-from evaluators.onnx_export import OPSET
+from evaluators.onnx_model import ExportedModel
+from evaluators.splits import Split
+from evaluators.to_onnx import OPSET
 from search.artifacts import WEIGHTS, artifact_store, fetch, trial_artifacts
 from search.build import build_context, build_space
 from search.card import write_card

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from evaluators.cost import Cost, measure_cost
-from evaluators.exported import ExportedModel
 from evaluators.latency import LatencyStats
+from evaluators.onnx_model import ExportedModel
 from search.artifacts import artifact_store, keep_if_on_front
 from search.budget import LatencyBudget
 from search.checkpoints import root_number

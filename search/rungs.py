@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from evaluators.cost import Cost
-from evaluators.exported import ExportedModel
 from evaluators.latency import LatencyStats
+from evaluators.onnx_model import ExportedModel
 from evaluators.train import evaluate
 from search import checkpoints
 from search.checkpoints import root_number

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from evaluators.data import DATASETS
 from evaluators.latency import BACKENDS
+from evaluators.splits import DATASETS
 from evaluators.train import resolve_device
 from registry import Registry, UnknownName
 from search.errors import UsageError

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from evaluators.exported import ExportedModel
 from evaluators.latency import BackendUnavailable, UnsupportedRequest, get_backend, resolve_backend_name
 from evaluators.latency.base import SIMD_FLAGS, cpu_name
 from evaluators.latency.tensorrt_backend import quantize_int8_symmetric
-from evaluators.onnx_export import export_onnx
+from evaluators.onnx_model import ExportedModel
+from evaluators.to_onnx import export_onnx
 from search.cli import main
 from search.config import load_config
 from search.context import make_backend

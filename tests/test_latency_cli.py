@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from evaluators.latency import get_backend
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from search.cli import main
 from search.config import load_config
 from search.errors import UsageError

@@ -15,7 +15,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from search.cli import main
 from search.config import load_config
 from search.executors.inprocess import run_study

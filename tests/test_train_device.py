@@ -7,7 +7,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from evaluators.data import load_data
+from evaluators.splits import load_data
 from evaluators.train import TrainSettings, train_model
 from search.cli import main
 from search.config import load_config

@@ -11,7 +11,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
+from evaluators.onnx_model import ExportedModel
 from registry import Registry
 
 PRECISIONS = ("fp32", "fp16", "int8")

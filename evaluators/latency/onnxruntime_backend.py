@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
 from evaluators.latency.base import BackendUnavailable, LatencyStats, check_input, cpu_name, register_backend
 from evaluators.latency.timing import cpu_rounds
-from evaluators.onnx_export import export_onnx
+from evaluators.onnx_model import ExportedModel
 from evaluators.precision import convert_precision
+from evaluators.to_onnx import export_onnx
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
 from evaluators.latency.base import LatencyStats, UnsupportedRequest, cpu_name, register_backend
 from evaluators.latency.timing import cpu_rounds, cuda_event_times
+from evaluators.onnx_model import ExportedModel
 
 
 def _unavailable() -> str | None:

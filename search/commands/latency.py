@@ -220,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
     if args.target is None:
         raise UsageError("name MODEL.onnx or STUDY.yaml to time, or --compare BASE.onnx OTHER.onnx ...")
     from evaluators.latency import UnsupportedRequest
-    from evaluators.onnx_export import ExportError
     from evaluators.precision import PrecisionError
+    from evaluators.to_onnx import ExportError
 
     if not args.target.is_file():
         raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")

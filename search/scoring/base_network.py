@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from evaluators.cost import measure_cost
-from evaluators.data import DataBundle
 from evaluators.latency import LatencyBackend
+from evaluators.splits import DataBundle
 from evaluators.train import FineTune, TrainSettings, evaluate
 from search.config import StudyConfig
 from search.errors import UsageError

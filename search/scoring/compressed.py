@@ -11,10 +11,10 @@ import optuna
 import torch.nn as nn
 
 from evaluators.cost import Cost
-from evaluators.data import DataBundle
-from evaluators.exported import ExportedModel
 from evaluators.latency import LatencyStats
 from evaluators.latency.timing import interleaved
+from evaluators.onnx_model import ExportedModel
+from evaluators.splits import DataBundle
 from evaluators.train import evaluate, placed, recalibrate_bn
 from search.config import StudyConfig
 from search.errors import UsageError

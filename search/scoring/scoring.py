@@ -16,10 +16,10 @@ import optuna
 import torch.nn as nn
 
 from evaluators.cost import Cost
-from evaluators.data import DataBundle, Split
-from evaluators.exported import ExportedModel
 from evaluators.latency import LatencyStats
+from evaluators.onnx_model import ExportedModel
 from evaluators.precision import calibration_batches, onnx_accuracy
+from evaluators.splits import DataBundle, Split
 from evaluators.train import FineTune, TrainSettings, evaluate
 from registry import Registry
 from search.config import StudyConfig

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from evaluators.data import DataBundle, Split
+from evaluators.splits import DataBundle, Split
 from evaluators.train import TrainSettings, batchnorm_scales, evaluate, train_model
 from search.config import StudyConfig
 from search.plots import SMALL, plot_gamma

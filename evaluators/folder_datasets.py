@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluators.data import DataBundle, DataError, bundle_from_arrays, register_dataset, resize
+from evaluators.splits import DataBundle, DataError, bundle_from_arrays, register_dataset, resize
 
 log = logging.getLogger(__name__)
 

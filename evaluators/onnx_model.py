@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch.nn as nn
 
-from evaluators.onnx_export import export_onnx
 from evaluators.precision import convert_precision
+from evaluators.to_onnx import export_onnx
 
 
 class ExportedModel:
