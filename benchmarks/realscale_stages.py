@@ -33,10 +33,10 @@ from evaluators.latency import LatencyBackend, get_backend
 from evaluators.splits import DataBundle, Split
 from evaluators.to_onnx import export_onnx
 from evaluators.train import FineTune, TrainSettings, evaluate, placed
-from search.config import StudyConfig
-from search.executors.inprocess import run_study
-from search.front import front_trials
-from search.record import TrialRecord
+from search.recipe.config import StudyConfig
+from search.results.front import front_trials
+from search.results.record import TrialRecord
+from search.study.executors.inprocess import run_study
 from spaces.compress import CompressSpace, build_model, load_checkpoint
 
 CHECKPOINT = "resnet56_cifar10.pt"

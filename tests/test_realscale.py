@@ -27,7 +27,7 @@ from evaluators.cost import measure_cost
 from evaluators.splits import DataBundle, DataError, Split, load_data
 from evaluators.to_onnx import export_onnx
 from evaluators.train import TrainSettings
-from search.config import load_config
+from search.recipe.config import load_config
 from spaces.compress import load_checkpoint
 from spaces.compress.nets import resnet56, tiny_resnet
 

@@ -8,10 +8,10 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from search.build import build_context
 from search.cli import main
-from search.config import load_config
-from search.executors.inprocess import run_study
+from search.recipe.config import load_config
+from search.study.executors.inprocess import run_study
+from search.trial.build import build_context
 
 
 def test_run_records_attributes_and_resumes(recipe_file, tmp_path, capsys):

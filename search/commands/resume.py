@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch resume`; returns the exit code."""
-    from search.executors.inprocess import run_study
-    from search.study import load_run_config
+    from search.study.executors.inprocess import run_study
+    from search.study.storage import load_run_config
 
     config = load_run_config(args.run_dir)
     if args.trials:  # a new budget for the run, frozen in its place

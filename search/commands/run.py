@@ -52,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
     if args.trials:  # the run's budget is frozen with it, so `resume` goes on to the same number
         args.overrides.append(f"search.trials={args.trials}")
     check_executor_args(args)
-    from search.executors.inprocess import run_study
-    from search.executors.local import run_workers
+    from search.study.executors.inprocess import run_study
+    from search.study.executors.local import run_workers
 
     config = recipe_from_args(args)
     console.print(f"study [bold]{config.name}[/] → {config.run_dir}", highlight=False)
     progress = not args.no_progress
     if args.executor == "ray":
-        from search.executors.ray_executor import run_ray
+        from search.study.executors.ray_executor import run_ray
 
         run_ray(config, trials=args.trials, timeout=args.timeout, show_progress=progress, address=args.address,
                 cpus_per_trial=1 if args.cpus_per_trial is None else args.cpus_per_trial,
