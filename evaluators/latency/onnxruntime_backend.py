@@ -30,7 +30,9 @@ def _unavailable() -> str | None:
     return None
 
 
-@register_backend("onnxruntime", _unavailable)
+@register_backend(
+    "onnxruntime", _unavailable, settings={"threads": "threads", "max_seconds": "max_seconds", "target_cv": "target_cv"}
+)
 class OnnxRuntimeBackend:
     """Times `InferenceSession.run` on the CPU execution provider.
 

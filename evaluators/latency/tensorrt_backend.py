@@ -76,7 +76,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@register_backend("tensorrt", _unavailable)
+@register_backend(
+    "tensorrt", _unavailable, settings={"cache_dir": "cache_dir", "max_seconds": "min_seconds", "cuda_graph": "cuda_graph"}
+)
 class TensorRTBackend:
     """Builds a TensorRT engine per network and times it on the GPU.
 

@@ -19,7 +19,10 @@ def _unavailable() -> str | None:
     return None
 
 
-@register_backend("torch", _unavailable)
+@register_backend(
+    "torch", _unavailable,
+    settings={"threads": "threads", "max_seconds": "max_seconds", "target_cv": "target_cv", "cuda_graph": "cuda_graph"},
+)
 class TorchBackend:
     """Times `model(x)` under `torch.inference_mode()` (no compilation, no engine).
 

@@ -1,4 +1,4 @@
-"""The Optuna study behind a run directory: storage, sampler, creation and re-opening."""
+"""The Optuna study behind a run directory: storage, creation and re-opening (its sampler from `search.study.samplers`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from search.recipe.frozen import (
 )
 from search.results.record import TrialRecord
 from search.study.recovery import grace_period, recover_stale_trials
-from search.study.seeding import ProcessSeededSampler
+from search.study.samplers import make_sampler
 from search.trial.locks import locked
 from spaces import Space
 
@@ -76,25 +75,6 @@ def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.Base
                 f"storage {url!r}: not a usable database URL ({exc}); expected sqlite:///path/to/study.db or "
                 "postgresql://user@host:5432/database"
             ) from None
-
-
-def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The recipe's sampler, seeded, so the same recipe samples the same candidates; processes sharing
-    the study seed theirs apart (see `search.study.seeding`)."""
-    return ProcessSeededSampler(partial(seeded_sampler, config), config.seed)
-
-
-def seeded_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The recipe's sampler with the given seed. TPE, GP and NSGA-II read the constraints each trial sets
-    (`Trial.set_constraint`, see search/trial/constraints.py)."""
-    s = config.search
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, multivariate=True)
-    if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.startup_trials)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
-    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def stored_evaluations(config: StudyConfig) -> int:

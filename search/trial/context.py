@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.latency import BackendUnavailable, LatencyBackend, UnsupportedRequest, get_backend, resolve_backend_name
+from evaluators.latency import BackendUnavailable, LatencyBackend, UnsupportedRequest, configured_backend
 from evaluators.latency.table import LatencyTable
 from evaluators.splits import DataBundle, load_data
 from search.errors import UsageError
@@ -37,16 +37,8 @@ def make_backend(lat: LatencyConfig, cache_dir: Path | None = None) -> LatencyBa
     """The latency backend a recipe's `latency:` section asks for (`auto` resolved); TensorRT keeps its engine
     and timing caches in `cache_dir`. A backend that cannot run here, or not at this precision, is a UsageError."""
     try:
-        name = resolve_backend_name(lat.backend)
-        if name == "tensorrt":
-            backend = get_backend(name, cache_dir=cache_dir, min_seconds=lat.max_seconds, cuda_graph=lat.cuda_graph)
-        elif name == "torch":
-            backend = get_backend(name, threads=lat.threads, max_seconds=lat.max_seconds, target_cv=lat.target_cv,
-                                  cuda_graph=lat.cuda_graph)
-        elif name == "onnxruntime":
-            backend = get_backend(name, threads=lat.threads, max_seconds=lat.max_seconds, target_cv=lat.target_cv)
-        else:
-            backend = get_backend(name)
+        backend = configured_backend(lat.backend, cache_dir=cache_dir, threads=lat.threads, max_seconds=lat.max_seconds,
+                                     target_cv=lat.target_cv, cuda_graph=lat.cuda_graph)
     except (BackendUnavailable, UnsupportedRequest) as exc:
         raise UsageError(f"latency.backend={lat.backend}: {exc}") from None
     if lat.precision not in backend.precisions:

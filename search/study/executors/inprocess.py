@@ -10,10 +10,10 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import UsageError
 from search.recipe.config import StudyConfig
 from search.results.artifacts import PruneArtifacts, artifact_store
 from search.results.record import TrialRecord
+from search.study.executors.base import FailureStreak
 from search.study.progress import StudyProgress
 from search.study.recovery import recover_stale_trials
 from search.study.storage import (
@@ -29,19 +29,20 @@ from search.trial.locks import record_protocol
 
 
 class FailureCap:
-    """Stop the study after `limit` failed trials in a row, which means the recipe is wrong."""
+    """Optuna callback stopping the study after `limit` failed trials in a row (a `FailureStreak`)."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.streak = 0
-        self.tripped = False
+        self.failures = FailureStreak(limit)
         self.last_error = ""
 
+    @property
+    def tripped(self) -> bool:
+        """Whether the streak stopped the study."""
+        return self.failures.tripped
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         self.last_error = TrialRecord.of(trial).error or trial.state.name.lower()
-        if self.streak >= self.limit:
-            self.tripped = True
+        if self.failures.see(trial.state == TrialState.FAIL):
             study.stop()
 
 
@@ -77,8 +78,5 @@ def run_study(
         else:
             study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=callbacks)
     if cap.tripped:
-        raise UsageError(
-            f"stopped after {cap.limit} failed trials in a row (search.max_consecutive_failures); the last error "
-            f"was: {cap.last_error}. Fix the recipe and resume."
-        )
+        raise cap.failures.error(cap.last_error)
     return study

@@ -1,4 +1,5 @@
-"""Several worker processes on one machine, sharing the study's storage (`slimsearch run --workers N`).
+"""The `local` executor: this process for one worker, else several worker processes on one machine sharing the
+study's storage (`slimsearch run --workers N`).
 
 Each worker is a fresh (spawned) process that runs the one-process loop, `search.study.executors.inprocess.run_study`: it
 asks the shared study for trials until the study holds the requested number of COMPLETE trials, so
@@ -17,6 +18,7 @@ from optuna.trial import TrialState
 
 from search.errors import UsageError
 from search.recipe.config import StudyConfig, validate_config
+from search.study.executors.base import EXECUTORS, ExecutorOptions
 from search.study.executors.inprocess import run_study
 from search.study.progress import StudyProgress
 from search.study.storage import completed, open_for_run
@@ -77,6 +79,15 @@ def run_workers(
         if error is not None:
             raise error
     return study
+
+
+@EXECUTORS.register("local")
+def run_local(config: StudyConfig, trials: int | None, timeout: float | None, show_progress: bool,
+              options: ExecutorOptions) -> optuna.Study:
+    """This machine: one worker runs the study in this process (`run_study`), more run as worker processes."""
+    if options.workers > 1:
+        return run_workers(config, options.workers, trials=trials, timeout=timeout, show_progress=show_progress)
+    return run_study(config, trials=trials, timeout=timeout, show_progress=show_progress)
 
 
 def _wait(futures: list[Future], follower: StorageFollower | None) -> None:

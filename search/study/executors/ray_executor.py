@@ -30,13 +30,13 @@ from search.results.artifacts import PruneArtifacts, artifact_store
 from search.results.record import TrialRecord
 from search.study.executors.ray_searcher import PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
 from search.study.progress import StudyProgress
+from search.study.samplers import make_sampler
 from search.study.storage import (
     DIRECTIONS,
     OBJECTIVES,
     check_backend,
     completed,
     enqueue_anchors,
-    make_sampler,
     make_storage,
     open_for_run,
     storage_url,
@@ -201,10 +201,7 @@ def _tune(
         abandoned = searcher.abandon_live("the Ray run was stopped before this trial finished")
     if abandoned:
         raise KeyboardInterrupt  # Tune ends early only when interrupted; the CLI says how to resume
-    if searcher.tripped:
+    if searcher.failures.tripped:
         last = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))[-1]
-        raise UsageError(
-            f"stopped after {max_consecutive_failures} failed trials in a row (search.max_consecutive_failures); "
-            f"the last error was: {TrialRecord.of(last).error or 'unknown'}. Fix the recipe and resume."
-        )
+        raise searcher.failures.error(TrialRecord.of(last).error or "unknown")
     return study

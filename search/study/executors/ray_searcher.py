@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.results.record import TrialRecord
+from search.study.executors.base import FailureStreak
 from search.study.recovery import fail_dead_trials
 from search.study.storage import OBJECTIVES, completed
 
@@ -50,11 +51,9 @@ class StudySearcher(Searcher):
         self.storage = storage
         self.target = target
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.max_consecutive_failures = max_consecutive_failures
         self.callbacks = callbacks or []
         self.live: dict[str, int] = {}
-        self.failure_streak = 0
-        self.tripped = False
+        self.failures = FailureStreak(max_consecutive_failures)
         self._lock = threading.Lock()
         self._full_until = 0.0
         super().__init__(metric=searcher.metric, mode=searcher.mode)
@@ -63,7 +62,7 @@ class StudySearcher(Searcher):
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.tripped or (self.deadline is not None and time.monotonic() >= self.deadline):
+        if self.failures.tripped or (self.deadline is not None and time.monotonic() >= self.deadline):
             return Searcher.FINISHED
         if time.monotonic() < self._full_until:
             return None
@@ -99,9 +98,7 @@ class StudySearcher(Searcher):
             if TrialRecord.of(self.storage.get_trial(optuna_id)).error is None:
                 TrialRecord.save_to(self.storage, optuna_id, error="the Ray worker ended without a result")
             self.searcher.on_trial_complete(trial_id, result=None, error=True)
-        self.failure_streak = 0 if scored or pruned else self.failure_streak + 1
-        if self.failure_streak >= self.max_consecutive_failures:
-            self.tripped = True
+        self.failures.see(not (scored or pruned))
         frozen = self.storage.get_trial(optuna_id)
         for callback in self.callbacks:
             callback(self.study, frozen)
@@ -119,8 +116,7 @@ class StudySearcher(Searcher):
 
     def get_state(self) -> dict:
         """This wrapper's part of Tune's experiment checkpoint (Tune saves the wrapped searcher itself)."""
-        return {"target": self.target, "live": dict(self.live), "failure_streak": self.failure_streak,
-                "tripped": self.tripped}
+        return {"target": self.target, "live": dict(self.live), "failures": self.failures}
 
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
