@@ -22,6 +22,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
+from search.results.record import TrialRecord
+
 
 def grace_period(interval: int) -> int:
     """Seconds of silence after which a running trial is taken for dead."""
@@ -54,7 +56,7 @@ def _fail(study: optuna.Study, trial_id: int) -> bool:
     """Fail a dead worker's trial with the reason in its `error` attribute, and queue it again."""
     storage = study._storage
     try:
-        storage.set_trial_user_attr(trial_id, "error", WORKER_LOST)
+        TrialRecord.save_to(storage, trial_id, error=WORKER_LOST)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:  # it finished (or another process failed it) meanwhile
