@@ -32,15 +32,15 @@ from benchmarks.realscale_baselines import tp_global_l1  # noqa: E402
 from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.latency.timing import interleaved  # noqa: E402
-from evaluators.onnx_export import export_onnx  # noqa: E402
+from evaluators.to_onnx import export_onnx  # noqa: E402
 from evaluators.train import FineTune, evaluate, placed, recalibrate_bn  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.context import build_context  # noqa: E402
-from search.executors.inprocess import run_study  # noqa: E402
-from search.lut import check_table  # noqa: E402
-from search.record import TrialRecord  # noqa: E402
-from search.scoring.scoring import train_settings  # noqa: E402
-from search.staircase import lower_edges, plot_staircase, staircase  # noqa: E402
+from search.recipe.config import load_config  # noqa: E402
+from search.results.record import TrialRecord  # noqa: E402
+from search.study.executors.inprocess import run_study  # noqa: E402
+from search.trial.build import build_context  # noqa: E402
+from search.trial.lut import check_table  # noqa: E402
+from search.trial.scoring.scoring import train_settings  # noqa: E402
+from search.trial.staircase import lower_edges, plot_staircase, staircase  # noqa: E402
 from spaces.compress import compress  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

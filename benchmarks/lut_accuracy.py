@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.latency_repeatability import load_note  # noqa: E402
 from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.latency.table import mape, spearman  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.context import build_space, make_backend, recipe_data  # noqa: E402
-from search.lut import build_table, check_table  # noqa: E402
+from search.recipe.config import load_config  # noqa: E402
+from search.trial.build import build_space  # noqa: E402
+from search.trial.context import make_backend, recipe_data  # noqa: E402
+from search.trial.lut import build_table, check_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_SPACE = [

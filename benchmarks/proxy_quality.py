@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.train import evaluate  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.context import StudyContext, build_context  # noqa: E402
-from search.scoring import Scoring, scoring_for  # noqa: E402
+from search.recipe.config import load_config  # noqa: E402
+from search.trial.build import build_context  # noqa: E402
+from search.trial.context import StudyContext  # noqa: E402
+from search.trial.scoring import Scoring, scoring_for  # noqa: E402
 from spaces import Candidate, RandomSuggest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

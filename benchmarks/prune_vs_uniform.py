@@ -28,13 +28,13 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from benchmarks.results import budget_tag, markdown_table, variant_name, write_section  # noqa: E402
 from evaluators.latency import LatencyBackend  # noqa: E402
 from evaluators.precision import calibration_batches  # noqa: E402
-from search.artifacts import artifact_store, fetch  # noqa: E402
-from search.config import StudyConfig, load_config  # noqa: E402
-from search.context import make_backend, recipe_data  # noqa: E402
-from search.executors.inprocess import run_study  # noqa: E402
-from search.record import TrialRecord  # noqa: E402
-from search.scoring.scoring import CALIBRATION_IMAGES  # noqa: E402
-from search.study import create_or_load_study  # noqa: E402
+from search.recipe.config import StudyConfig, load_config  # noqa: E402
+from search.results.artifacts import artifact_store, fetch  # noqa: E402
+from search.results.record import TrialRecord  # noqa: E402
+from search.study.executors.inprocess import run_study  # noqa: E402
+from search.study.storage import create_or_load_study  # noqa: E402
+from search.trial.context import make_backend, recipe_data  # noqa: E402
+from search.trial.scoring.scoring import CALIBRATION_IMAGES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 40

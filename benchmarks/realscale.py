@@ -7,7 +7,7 @@ as soon as it ends, so a run cut off by its time limit still returns what it fin
    evaluators.train (bf16 autocast, channels_last, the data on the GPU as uint8, flips and crops drawn there):
    batch 512, SGD + Nesterov, one-cycle to 0.4, label smoothing 0.1, 40 epochs. Writes resnet56_cifar10.pt,
    the checkpoint the recipe names.
-2. The compression study of studies/cifar10_resnet56_prune.yaml through `search.executors.inprocess.run_study`
+2. The compression study of studies/cifar10_resnet56_prune.yaml through `search.study.executors.inprocess.run_study`
    (uniform anchors first, then TPE over 30 per-group keep ratios; each trial fine-tuned on the GPU and timed
    with the torch backend at batch 256); its front re-timed at batch 1 and exported to ONNX (front_onnx.zip).
 3. Baselines at the study's fine-tune budget: uniform L1 pruning at several keep ratios and at the keep ratio
@@ -66,9 +66,9 @@ from benchmarks.realscale_stages import (  # noqa: E402
     stage4_entries,
 )
 from benchmarks.results import ROOT, command_line, machine  # noqa: E402
-from evaluators.data import DataBundle, load_data  # noqa: E402
+from evaluators.splits import DataBundle, load_data  # noqa: E402
 from evaluators.train import TrainSettings  # noqa: E402
-from search.config import StudyConfig, load_config  # noqa: E402
+from search.recipe.config import StudyConfig, load_config  # noqa: E402
 
 RECIPE = ROOT / "studies" / "cifar10_resnet56_prune.yaml"
 PACK = ROOT / ".pack" / "cifar10.jpgpack"

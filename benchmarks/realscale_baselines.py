@@ -18,10 +18,10 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from evaluators.cost import measure_cost
-from evaluators.data import DataBundle
 from evaluators.latency import LatencyBackend
+from evaluators.splits import DataBundle
 from evaluators.train import TrainSettings, evaluate, placed, recalibrate_bn, train_model
-from search.config import StudyConfig
+from search.recipe.config import StudyConfig
 from spaces.compress import compress
 
 BISECTIONS = 12

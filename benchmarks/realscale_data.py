@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluators.data import DataError
-from evaluators.datasets import list_image_folder
+from evaluators.folder_datasets import list_image_folder
+from evaluators.splits import DataError
 
 PACK_VERSION = 1
 SPLITS = ("train", "test")

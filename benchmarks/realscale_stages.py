@@ -29,14 +29,14 @@ from benchmarks.realscale_baselines import (
 )
 from benchmarks.realscale_report import FRONT_ZIP, TABLE_ZIP
 from benchmarks.results import machine
-from evaluators.data import DataBundle, Split
 from evaluators.latency import LatencyBackend, get_backend
-from evaluators.onnx_export import export_onnx
+from evaluators.splits import DataBundle, Split
+from evaluators.to_onnx import export_onnx
 from evaluators.train import FineTune, TrainSettings, evaluate, placed
-from search.config import StudyConfig
-from search.executors.inprocess import run_study
-from search.front import front_trials
-from search.record import TrialRecord
+from search.recipe.config import StudyConfig
+from search.results.front import front_trials
+from search.results.record import TrialRecord
+from search.study.executors.inprocess import run_study
 from spaces.compress import CompressSpace, build_model, load_checkpoint
 
 CHECKPOINT = "resnet56_cifar10.pt"

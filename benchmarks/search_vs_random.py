@@ -31,9 +31,9 @@ from benchmarks.results import (  # noqa: E402
     variant_name,
     write_section,
 )
-from search.config import load_config  # noqa: E402
-from search.executors.inprocess import run_study  # noqa: E402
-from search.front import hypervolume, pareto_mask  # noqa: E402
+from search.recipe.config import load_config  # noqa: E402
+from search.results.front import hypervolume, pareto_mask  # noqa: E402
+from search.study.executors.inprocess import run_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 30

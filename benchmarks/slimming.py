@@ -24,10 +24,10 @@ from optuna.trial import FrozenTrial  # noqa: E402
 
 from benchmarks.prune_vs_uniform import PRUNING_ONLY, best_within, done, sampled, study_config  # noqa: E402
 from benchmarks.results import RESULTS, budget_tag, markdown_table, variant_name, write_section  # noqa: E402
-from search.config import StudyConfig  # noqa: E402
-from search.executors.inprocess import run_study  # noqa: E402
-from search.record import TrialRecord  # noqa: E402
-from search.study import create_or_load_study  # noqa: E402
+from search.recipe.config import StudyConfig  # noqa: E402
+from search.results.record import TrialRecord  # noqa: E402
+from search.study.executors.inprocess import run_study  # noqa: E402
+from search.study.storage import create_or_load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 40

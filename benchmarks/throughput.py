@@ -24,10 +24,10 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
-from search.config import StudyConfig, load_config  # noqa: E402
-from search.executors.inprocess import run_study  # noqa: E402
-from search.executors.local import run_workers  # noqa: E402
-from search.record import TrialRecord  # noqa: E402
+from search.recipe.config import StudyConfig, load_config  # noqa: E402
+from search.results.record import TrialRecord  # noqa: E402
+from search.study.executors.inprocess import run_study  # noqa: E402
+from search.study.executors.local import run_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def main() -> None:
         if not args.no_ray:
             import ray
 
-            from search.executors.ray_executor import run_ray
+            from search.study.executors.ray_executor import run_ray
 
             t = time.perf_counter()
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from benchmarks.results import markdown_table, write_section  # noqa: E402
-from evaluators.onnx_export import ExportError, export_onnx  # noqa: E402
+from evaluators.to_onnx import ExportError, export_onnx  # noqa: E402
 from spaces.compress import CompressError, build_model, compress  # noqa: E402
 
 # (family, model, image size): a small member of each timm family of CNNs, and attention models to refuse.

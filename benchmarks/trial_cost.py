@@ -31,12 +31,13 @@ from optuna.trial import TrialState  # noqa: E402
 from benchmarks.proxy_quality import spanning  # noqa: E402
 from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.cost import measure_cost  # noqa: E402
-from evaluators.exported import ExportedModel  # noqa: E402
+from evaluators.onnx_model import ExportedModel  # noqa: E402
 from evaluators.train import evaluate, recalibrate_bn  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.context import StudyContext, build_context  # noqa: E402
-from search.executors.inprocess import run_study  # noqa: E402
-from search.record import TrialRecord  # noqa: E402
+from search.recipe.config import load_config  # noqa: E402
+from search.results.record import TrialRecord  # noqa: E402
+from search.study.executors.inprocess import run_study  # noqa: E402
+from search.trial.build import build_context  # noqa: E402
+from search.trial.context import StudyContext  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("build", "cost", "train", "latency")
@@ -49,7 +50,7 @@ FINE_TUNE = ("fine-tune", "evaluation after", "ONNX export", "engine session", "
 
 def part_times(ctx: StudyContext, n: int, folder: Path) -> dict[str, list[float]]:
     """Seconds of each part of evaluating `n` candidates spanning 1.2×–3× predicted speed-up, one by one."""
-    from search.scoring import scoring_for
+    from search.trial.scoring import scoring_for
 
     scoring, settings = scoring_for(ctx), ctx.config.train
     times: dict[str, list[float]] = {p: [] for p in (*SCREEN, *FINE_TUNE)}

@@ -27,10 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmarks.results import RESULTS, markdown_table, run_name, variant_name, write_section  # noqa: E402
 from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.train import evaluate, recalibrate_bn, train_model  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.context import make_backend, recipe_data  # noqa: E402
-from search.scoring.base_network import prepare_base  # noqa: E402
-from search.scoring.scoring import train_settings  # noqa: E402
+from search.recipe.config import load_config  # noqa: E402
+from search.trial.context import make_backend, recipe_data  # noqa: E402
+from search.trial.scoring.base_network import prepare_base  # noqa: E402
+from search.trial.scoring.scoring import train_settings  # noqa: E402
 from spaces.compress.lowrank import factorize_conv, factorize_tucker2, kxk_conv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

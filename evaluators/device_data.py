@@ -13,7 +13,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from evaluators.data import Split
+from evaluators.splits import Split
 
 PAD = 4
 _COPIES: weakref.WeakKeyDictionary[torch.Tensor, dict[str, "DeviceSplit"]] = weakref.WeakKeyDictionary()

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from evaluators.data import Split
+from evaluators.splits import Split
 
 
 class PrecisionError(RuntimeError):

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluators.data import DataBundle, Split, subset_indices
 from evaluators.device_data import on_device
+from evaluators.splits import DataBundle, Split, subset_indices
 
 
 class TrainingDiverged(RuntimeError):

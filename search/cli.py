@@ -12,7 +12,7 @@ from search.commands import COMMANDS
 from search.errors import UsageError
 
 USAGE_ERRORS = (  # (module, class): errors of the layers below that are bad input, printed as one message
-    ("evaluators.latency.table", "TableError"), ("evaluators.onnx_export", "ExportError"),
+    ("evaluators.latency.table", "TableError"), ("evaluators.to_onnx", "ExportError"),
     ("registry", "UnknownName"), ("spaces.compress.errors", "CompressError"),
 )
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc))
         return exc.exit_code
     except Exception as exc:
-        if isinstance(exc, loaded((("evaluators.data", "DataError"),))):
+        if isinstance(exc, loaded((("evaluators.splits", "DataError"),))):
             _error(f"data: {exc}")
         elif isinstance(exc, loaded(USAGE_ERRORS)):
             _error(str(exc))

@@ -4,7 +4,7 @@ from spaces import (
     blocks,  # noqa: F401  (registers the `blocks` space)
     compress,  # noqa: F401  (registers the `compress` space)
 )
-from spaces.registry import SPACES, Candidate, Space, Unit, get_space, register_space
+from spaces.contract import SPACES, Candidate, Space, Unit, get_space, register_space
 from spaces.suggest import RandomSuggest, Suggest
 
 __all__ = ["SPACES", "Candidate", "RandomSuggest", "Space", "Suggest", "Unit", "get_space", "register_space"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from fvcore.nn import parameter_count
 
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from spaces.blocks.library import BLOCKS
 
 NAMES = sorted(BLOCKS)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from search.config import load_config
 from search.errors import ConfigError
+from search.recipe.config import load_config
 from spaces import RandomSuggest, get_space
 from spaces.blocks import BLOCKS
 from tests.conftest import ROOT

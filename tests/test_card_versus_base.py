@@ -1,6 +1,6 @@
 """The model card's line against the base says each number in its own unit."""
 
-from search.card import versus_base_line
+from search.export.card import versus_base_line
 
 
 def test_ratios_read_as_times_and_shares_as_percentages():

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from evaluators.data import load_data
+from evaluators.splits import load_data
 from evaluators.train import TrainSettings, evaluate, recalibrate_bn, train_model
 from spaces import RandomSuggest
 from spaces.compress import (

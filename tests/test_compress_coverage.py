@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from spaces.compress import CompressError, build_model, compress
 from spaces.compress.models import torchvision_names
 

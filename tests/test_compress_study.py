@@ -11,10 +11,11 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config, validate_config
-from search.context import build_context, recipe_data
-from search.executors.inprocess import run_study
-from search.scoring.base_network import prepare_base
+from search.recipe.config import load_config, validate_config
+from search.study.executors.inprocess import run_study
+from search.trial.build import build_context
+from search.trial.context import recipe_data
+from search.trial.scoring.base_network import prepare_base
 from spaces.compress import fingerprint
 
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from search.cli import main
-from search.config import load_config
 from search.errors import ConfigError
+from search.recipe.config import load_config
 from tests.conftest import ROOT
 
 

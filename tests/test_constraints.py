@@ -6,15 +6,15 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from search.artifacts import trial_artifacts
 from search.cli import main
-from search.config import load_config
-from search.constraints import apply_constraints
-from search.executors.inprocess import run_study
-from search.front import front_numbers
-from search.pareto import trials_frame
-from search.record import TrialRecord
-from search.study import create_or_load_study
+from search.recipe.config import load_config
+from search.results.artifacts import trial_artifacts
+from search.results.front import front_numbers
+from search.results.pareto import trials_frame
+from search.results.record import TrialRecord
+from search.study.executors.inprocess import run_study
+from search.study.storage import create_or_load_study
+from search.trial.constraints import apply_constraints
 
 
 def test_params_limit_splits_trials_and_front(recipe_file, capsys):

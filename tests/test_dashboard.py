@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from search.artifacts import ARTIFACTS_DIR
 from search.cli import main
-from search.config import load_config
-from search.executors.inprocess import run_study
-from search.front import front_numbers
-from search.study import create_or_load_study, frozen_recipe
+from search.recipe.config import load_config
+from search.results.artifacts import ARTIFACTS_DIR
+from search.results.front import front_numbers
+from search.study.executors.inprocess import run_study
+from search.study.storage import create_or_load_study, frozen_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluators.data import DataError, load_data
+from evaluators.splits import DataError, load_data
 from search.cli import main
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"  # ../shared beside the clone

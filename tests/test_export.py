@@ -14,15 +14,15 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from evaluators.latency import AVAILABILITY
-from search.artifacts import WEIGHTS, trial_artifacts
 from search.cli import main
-from search.config import load_config
-from search.context import build_context
 from search.errors import UsageError
-from search.executors.inprocess import run_study
-from search.export import rebuild
-from search.front import front_numbers
-from search.picks import choose_trial, knee, pick_trial
+from search.export.picks import choose_trial, knee, pick_trial
+from search.export.trial import rebuild
+from search.recipe.config import load_config
+from search.results.artifacts import WEIGHTS, trial_artifacts
+from search.results.front import front_numbers
+from search.study.executors.inprocess import run_study
+from search.trial.build import build_context
 from tests.conftest import tiny_recipe
 
 FILES = {"model.pt", "candidate.json", "recipe.yaml", "model.onnx", "card.md", "card.json"}

@@ -7,9 +7,9 @@ import torch
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.executors.inprocess import run_study
-from search.study import create_or_load_study, storage_url
+from search.recipe.config import load_config
+from search.study.executors.inprocess import run_study
+from search.study.storage import create_or_load_study, storage_url
 
 
 def test_every_candidate_diverging_trips_the_failure_cap(recipe_file, capsys, monkeypatch):

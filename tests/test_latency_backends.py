@@ -13,15 +13,15 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from evaluators.exported import ExportedModel
 from evaluators.latency import BackendUnavailable, UnsupportedRequest, get_backend, resolve_backend_name
 from evaluators.latency.base import SIMD_FLAGS, cpu_name
 from evaluators.latency.tensorrt_backend import quantize_int8_symmetric
-from evaluators.onnx_export import export_onnx
+from evaluators.onnx_model import ExportedModel
+from evaluators.to_onnx import export_onnx
 from search.cli import main
-from search.config import load_config
-from search.context import make_backend
 from search.errors import UsageError
+from search.recipe.config import load_config
+from search.trial.context import make_backend
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_GPU = torch.cuda.is_available()

@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 
 from evaluators.latency import get_backend
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from search.cli import main
-from search.config import load_config
 from search.errors import UsageError
-from search.executors.inprocess import run_study
-from search.study import check_backend
+from search.recipe.config import load_config
+from search.study.executors.inprocess import run_study
+from search.study.storage import check_backend
 
 
 def small_net() -> nn.Module:

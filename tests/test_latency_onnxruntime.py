@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
 from evaluators.latency import AVAILABILITY, UnsupportedRequest, get_backend, resolve_backend_name
-from evaluators.onnx_export import export_onnx
+from evaluators.onnx_model import ExportedModel
+from evaluators.to_onnx import export_onnx
 from registry import UnknownName
 
 

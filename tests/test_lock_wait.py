@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from search.locks import MachineLock
+from search.trial.locks import MachineLock
 from tests.conftest import ROOT
 
 HOLD = """

@@ -13,13 +13,14 @@ from optuna.trial import TrialState
 
 from evaluators.latency import get_backend
 from evaluators.latency.table import LatencyTable, TableError, fit_correction, unit_key
-from search.budget import BudgetUnreachable, LatencyBudget
 from search.cli import main
-from search.config import load_config
-from search.context import build_space, recipe_data
 from search.errors import UsageError
-from search.executors.inprocess import run_study
-from search.lut import load_table, sample_candidates
+from search.recipe.config import load_config
+from search.study.executors.inprocess import run_study
+from search.trial.budget import BudgetUnreachable, LatencyBudget
+from search.trial.build import build_space
+from search.trial.context import recipe_data
+from search.trial.lut import load_table, sample_candidates
 from spaces.blocks.units import enumerate_units, unit_module
 from tests.conftest import tiny_recipe
 

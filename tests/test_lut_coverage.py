@@ -7,8 +7,8 @@ import pytest
 
 from evaluators.latency.table import LatencyTable, unit_key
 from search.cli import main
-from search.config import load_config
-from search.context import make_backend
+from search.recipe.config import load_config
+from search.trial.context import make_backend
 
 
 def unit(block: str, cin: int, cout: int) -> dict:

@@ -15,13 +15,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.cli import main
-from search.config import load_config
-from search.executors.inprocess import run_study
-from search.fidelity import RungPoint, decide, nondominated_layers, promotion_order
-from search.front import front_numbers
-from search.record import TrialRecord
-from search.sections import FidelityConfig
-from search.study import completed, open_study
+from search.recipe.config import load_config
+from search.recipe.sections import FidelityConfig
+from search.results.front import front_numbers
+from search.results.record import TrialRecord
+from search.study.executors.inprocess import run_study
+from search.study.storage import completed, open_study
+from search.trial.fidelity import RungPoint, decide, nondominated_layers, promotion_order
 from tests.conftest import tiny_recipe
 from tests.test_compress_study import recipe as compress_recipe
 

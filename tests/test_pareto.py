@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.front import hypervolume, pareto_mask
+from search.results.front import hypervolume, pareto_mask
 
 
 def test_pareto_mask():

@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.study import make_storage
+from search.recipe.config import load_config
+from search.study.storage import make_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -6,10 +6,10 @@ import onnx
 import pytest
 import torch.nn as nn
 
-from evaluators.data import load_data
 from evaluators.latency import get_backend
-from evaluators.onnx_export import export_onnx
 from evaluators.precision import calibration_batches, convert_precision, onnx_accuracy
+from evaluators.splits import load_data
+from evaluators.to_onnx import export_onnx
 from evaluators.train import TrainSettings, evaluate, train_model
 
 

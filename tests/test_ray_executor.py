@@ -17,8 +17,8 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.study import open_study
+from search.recipe.config import load_config
+from search.study.storage import open_study
 from tests.test_compress_study import recipe as compress_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,10 +24,10 @@ from benchmarks.realscale_data import SPLITS, decode, read_folder, read_pack, wr
 from benchmarks.realscale_report import SECTION, TABLE_ZIP, Results, time_onnx, write_results
 from benchmarks.realscale_stages import fit, load_base, pick_near
 from evaluators.cost import measure_cost
-from evaluators.data import DataBundle, DataError, Split, load_data
-from evaluators.onnx_export import export_onnx
+from evaluators.splits import DataBundle, DataError, Split, load_data
+from evaluators.to_onnx import export_onnx
 from evaluators.train import TrainSettings
-from search.config import load_config
+from search.recipe.config import load_config
 from spaces.compress import load_checkpoint
 from spaces.compress.nets import resnet56, tiny_resnet
 

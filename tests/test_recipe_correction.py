@@ -7,8 +7,8 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.study import create_or_load_study, frozen_recipe
+from search.recipe.config import load_config
+from search.study.storage import create_or_load_study, frozen_recipe
 
 
 def test_a_study_without_results_takes_the_corrected_recipe(recipe_file, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from rich.console import Console
 
-from search.report import trials_table
+from search.results.report import trials_table
 
 CANDIDATE = "stem16 | mbconv×2 w24 k3 e6 | shuffle×1 w48 g4 | fire×2 w64 sq0.25"
 

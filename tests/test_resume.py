@@ -17,9 +17,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.recovery import recover_stale_trials
-from search.study import create_or_load_study, frozen_recipe, storage_url
+from search.recipe.config import load_config
+from search.study.recovery import recover_stale_trials
+from search.study.storage import create_or_load_study, frozen_recipe, storage_url
 
 ROOT = Path(__file__).resolve().parents[1]
 

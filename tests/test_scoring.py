@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict
 from evaluators.cost import Cost
 from evaluators.latency import LatencyStats
 from registry import UnknownName
-from search.config import load_config
-from search.executors.inprocess import FailureCap, run_study
-from search.record import TrialRecord
-from search.scoring import SCORINGS, Scoring, register_scoring
-from search.scoring.compressed import versus_base
+from search.recipe.config import load_config
+from search.results.record import TrialRecord
+from search.study.executors.inprocess import FailureCap, run_study
+from search.trial.scoring import SCORINGS, Scoring, register_scoring
+from search.trial.scoring.compressed import versus_base
 from spaces import Space, Suggest, register_space
 from tests.conftest import tiny_recipe
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from evaluators.data import load_data
+from evaluators.splits import load_data
 from evaluators.train import TrainSettings, add_bn_l1_subgradient, batchnorm_scales, train_model
 from spaces import RandomSuggest
 from spaces.compress import (

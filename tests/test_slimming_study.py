@@ -13,12 +13,12 @@ import torch.nn as nn
 import yaml
 from optuna.trial import TrialState
 
-import search.scoring.base_network as base_network
-import search.scoring.sparsity as sparsity
+import search.trial.scoring.base_network as base_network
+import search.trial.scoring.sparsity as sparsity
 from evaluators.train import batchnorm_scales
 from search.cli import main
-from search.config import load_config
-from search.context import build_context
+from search.recipe.config import load_config
+from search.trial.build import build_context
 from spaces import RandomSuggest
 from spaces.compress import CompressError, CompressSpace, CompressSpaceConfig, fingerprint
 from spaces.compress.nets import tiny_resnet

@@ -15,13 +15,13 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from search.cli import main
-from search.config import load_config
-from search.executors.inprocess import run_study
-from search.front import front_trials
-from search.record import TrialRecord
-from search.staircase import cache_dir, lower_edges
+from search.recipe.config import load_config
+from search.results.front import front_trials
+from search.results.record import TrialRecord
+from search.study.executors.inprocess import run_study
+from search.trial.staircase import cache_dir, lower_edges
 from spaces.compress import compress, prunable_groups
 from spaces.compress.greedy import latency_greedy, removal_costs
 from spaces.compress.nets import resnet56, tiny_resnet

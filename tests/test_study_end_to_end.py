@@ -9,9 +9,9 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.context import build_context
-from search.executors.inprocess import run_study
+from search.recipe.config import load_config
+from search.study.executors.inprocess import run_study
+from search.trial.build import build_context
 
 
 def test_run_records_attributes_and_resumes(recipe_file, tmp_path, capsys):

@@ -7,12 +7,12 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from evaluators.data import load_data
+from evaluators.splits import load_data
 from evaluators.train import TrainSettings, train_model
 from search.cli import main
-from search.config import load_config
 from search.errors import ConfigError
-from search.executors.inprocess import run_study
+from search.recipe.config import load_config
+from search.study.executors.inprocess import run_study
 from spaces.compress.nets import tiny_resnet
 
 HAS_GPU = torch.cuda.is_available()

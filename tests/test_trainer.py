@@ -11,8 +11,8 @@ import io
 import pytest
 import torch
 
-from evaluators.data import DataBundle, bundle_from_arrays, load_data
 from evaluators.device_data import flip_and_crop, on_device
+from evaluators.splits import DataBundle, bundle_from_arrays, load_data
 from evaluators.train import FineTune, TrainingDiverged, TrainSettings, evaluate, train_model
 from spaces.compress.nets import tiny_resnet
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from evaluators.onnx_export import export_onnx
+from evaluators.to_onnx import export_onnx
 from spaces import RandomSuggest
 from spaces.compress import CompressError, CompressSpace, CompressSpaceConfig, compress
 from spaces.compress.lowrank import factorize, factorize_layers, factorize_tucker2, tucker2_params, tucker2_ranks

@@ -10,11 +10,11 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import load_config
-from search.locks import MachineLock
-from search.seeding import process_seed
-from search.study import create_or_load_study, open_study
-from search.suggest import OptunaSuggest
+from search.recipe.config import load_config
+from search.study.seeding import process_seed
+from search.study.storage import create_or_load_study, open_study
+from search.trial.locks import MachineLock
+from search.trial.suggest import OptunaSuggest
 from spaces import get_space
 
 

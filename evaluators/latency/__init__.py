@@ -7,6 +7,7 @@ from evaluators.latency.base import (
     AVAILABILITY,
     BACKENDS,
     PRECISIONS,
+    SETTINGS,
     BackendUnavailable,
     LatencyBackend,
     LatencyStats,
@@ -41,7 +42,15 @@ def get_backend(name: str, **options: object) -> LatencyBackend:
     return factory(**options)
 
 
+def configured_backend(name: str, **settings: object) -> LatencyBackend:
+    """Construct a backend by name (`auto` resolved) from common settings (`threads`, `max_seconds`, `target_cv`,
+    `cuda_graph`, `cache_dir`): each backend takes those it registered, under its own keyword."""
+    resolved = resolve_backend_name(name)
+    takes = SETTINGS.get(resolved, {})
+    return get_backend(resolved, **{keyword: settings[s] for s, keyword in takes.items() if s in settings})
+
+
 __all__ = [
-    "AUTO_ORDER", "AVAILABILITY", "BACKENDS", "PRECISIONS", "BackendUnavailable", "LatencyBackend", "LatencyStats",
-    "UnsupportedRequest", "get_backend", "register_backend", "resolve_backend_name",
+    "AUTO_ORDER", "AVAILABILITY", "BACKENDS", "PRECISIONS", "SETTINGS", "BackendUnavailable", "LatencyBackend",
+    "LatencyStats", "UnsupportedRequest", "configured_backend", "get_backend", "register_backend", "resolve_backend_name",
 ]

@@ -11,7 +11,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
+from evaluators.onnx_model import ExportedModel
 from registry import Registry
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -141,16 +141,20 @@ class LatencyBackend(Protocol):
 BackendFactory = Callable[..., LatencyBackend]
 BACKENDS: Registry[BackendFactory] = Registry("latency backend")
 AVAILABILITY: dict[str, Callable[[], str | None]] = {}  # keyed as BACKENDS
+SETTINGS: dict[str, dict[str, str]] = {}  # keyed as BACKENDS: common setting -> the backend's keyword for it
 
 
 def register_backend(
-    name: str, unavailable: Callable[[], str | None]
+    name: str, unavailable: Callable[[], str | None], settings: dict[str, str] | None = None
 ) -> Callable[[BackendFactory], BackendFactory]:
-    """Register a backend; `unavailable()` returns why it cannot run here, or None when it can."""
+    """Register a backend; `unavailable()` returns why it cannot run here, or None when it can; `settings` maps
+    the common settings it takes (`threads`, `max_seconds`, `target_cv`, `cuda_graph`, `cache_dir`) to its
+    constructor's keywords."""
 
     def wrap(factory: BackendFactory) -> BackendFactory:
         BACKENDS[name] = factory
         AVAILABILITY[name] = unavailable
+        SETTINGS[name] = dict(settings or {})
         return factory
 
     return wrap

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
 from evaluators.latency.base import BackendUnavailable, LatencyStats, check_input, cpu_name, register_backend
 from evaluators.latency.timing import cpu_rounds
-from evaluators.onnx_export import export_onnx
+from evaluators.onnx_model import ExportedModel
 from evaluators.precision import convert_precision
+from evaluators.to_onnx import export_onnx
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -30,7 +30,9 @@ def _unavailable() -> str | None:
     return None
 
 
-@register_backend("onnxruntime", _unavailable)
+@register_backend(
+    "onnxruntime", _unavailable, settings={"threads": "threads", "max_seconds": "max_seconds", "target_cv": "target_cv"}
+)
 class OnnxRuntimeBackend:
     """Times `InferenceSession.run` on the CPU execution provider.
 

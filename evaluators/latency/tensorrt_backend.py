@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
 from evaluators.latency.base import (
     BackendUnavailable,
     LatencyStats,
@@ -34,8 +33,9 @@ from evaluators.latency.base import (
     register_backend,
 )
 from evaluators.latency.timing import Timings, cuda_event_times
-from evaluators.onnx_export import export_onnx, file_sha256
+from evaluators.onnx_model import ExportedModel
 from evaluators.precision import convert_precision
+from evaluators.to_onnx import export_onnx, file_sha256
 
 INSTALL_HINT = "pip install --extra-index-url https://pypi.nvidia.com tensorrt"
 
@@ -76,7 +76,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@register_backend("tensorrt", _unavailable)
+@register_backend(
+    "tensorrt", _unavailable, settings={"cache_dir": "cache_dir", "max_seconds": "min_seconds", "cuda_graph": "cuda_graph"}
+)
 class TensorRTBackend:
     """Builds a TensorRT engine per network and times it on the GPU.
 

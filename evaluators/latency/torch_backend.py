@@ -10,16 +10,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from evaluators.exported import ExportedModel
 from evaluators.latency.base import LatencyStats, UnsupportedRequest, cpu_name, register_backend
 from evaluators.latency.timing import cpu_rounds, cuda_event_times
+from evaluators.onnx_model import ExportedModel
 
 
 def _unavailable() -> str | None:
     return None
 
 
-@register_backend("torch", _unavailable)
+@register_backend(
+    "torch", _unavailable,
+    settings={"threads": "threads", "max_seconds": "max_seconds", "target_cv": "target_cv", "cuda_graph": "cuda_graph"},
+)
 class TorchBackend:
     """Times `model(x)` under `torch.inference_mode()` (no compilation, no engine).
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from search.config import StudyConfig
+    from search.recipe.config import StudyConfig
 
 # Piped, tables are laid out for 160 columns and no line of text is wrapped, so paths and URLs stay whole.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
@@ -60,6 +60,6 @@ def tcp_port(text: str) -> int:
 
 def recipe_from_args(args: argparse.Namespace) -> StudyConfig:
     """The recipe named on the command line, with its `--set` overrides, validated."""
-    from search.config import load_config
+    from search.recipe.config import load_config
 
     return load_config(args.recipe, args.overrides)

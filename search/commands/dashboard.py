@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `slimsearch dashboard`; returns the exit code."""
     from optuna_dashboard import run_server
 
-    from search.artifacts import artifact_store
-    from search.study import open_study
+    from search.results.artifacts import artifact_store
+    from search.study.storage import open_study
 
     config, study = open_study(args.run_dir)
     check_port_free(args.host, args.port)

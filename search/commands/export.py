@@ -7,7 +7,7 @@ from pathlib import Path
 
 from search.commands.common import console
 from search.errors import UsageError
-from search.picks import PICKS
+from search.export.picks import PICKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch export`; returns the exit code."""
-    from search.export import export_trial
-    from search.picks import choose_trial
-    from search.study import open_study
+    from search.export.picks import choose_trial
+    from search.export.trial import export_trial
+    from search.study.storage import open_study
 
     if args.finetune_epochs is not None and args.finetune_epochs <= 0:
         raise UsageError(f"--finetune-epochs: expected a positive number of epochs, got {args.finetune_epochs}")

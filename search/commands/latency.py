@@ -12,8 +12,8 @@ from search.errors import UsageError
 
 if TYPE_CHECKING:
     from evaluators.latency import LatencyStats
-    from search.config import StudyConfig
-    from search.sections import LatencyConfig
+    from search.recipe.config import StudyConfig
+    from search.recipe.sections import LatencyConfig
 
 PRECISIONS = ("fp32", "fp16", "int8")  # evaluators.latency.PRECISIONS, named here so --help needs no engine
 
@@ -72,7 +72,7 @@ def onnx_input(path: Path) -> list[int | None]:
 
 def latency_settings(args: argparse.Namespace, base: LatencyConfig) -> LatencyConfig:
     """The recipe's (or default) latency section with the command-line flags applied."""
-    from search.sections import LatencyConfig
+    from search.recipe.sections import LatencyConfig
 
     update = {k: v for k, v in {
         "backend": args.backend, "precision": args.precision, "batch_size": args.batch_size, "threads": args.threads,
@@ -86,9 +86,9 @@ def latency_settings(args: argparse.Namespace, base: LatencyConfig) -> LatencyCo
 
 def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
     """Time the ONNX file named on the command line, under the machine's latency lock."""
-    from search.context import make_backend
-    from search.locks import MachineLock
-    from search.sections import LatencyConfig
+    from search.recipe.sections import LatencyConfig
+    from search.trial.context import make_backend
+    from search.trial.locks import MachineLock
 
     dims = onnx_input(args.target)
     if len(dims) != 4:
@@ -106,10 +106,11 @@ def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
 
 def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[tuple[str, Any]], tuple[int, int, int]]:
     """(label, nn.Module) pairs to time, and the input shape of one image."""
-    from search.context import build_space, recipe_data
-    from search.lut import sample_candidates
-    from search.record import TrialRecord
-    from search.study import open_study
+    from search.results.record import TrialRecord
+    from search.study.storage import open_study
+    from search.trial.build import build_space
+    from search.trial.context import recipe_data
+    from search.trial.lut import sample_candidates
     from spaces import get_space
 
     shape = parse_shape(args.input_shape)
@@ -148,9 +149,9 @@ def measure_recipe(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
     """Time the recipe's sampled candidates or trial, under the machine's latency lock."""
     import torch
 
-    from search.config import load_config
-    from search.context import make_backend
-    from search.locks import MachineLock
+    from search.recipe.config import load_config
+    from search.trial.context import make_backend
+    from search.trial.locks import MachineLock
 
     config = load_config(args.target, args.overrides)
     lat = latency_settings(args, config.latency)
@@ -168,9 +169,9 @@ def compare(args: argparse.Namespace) -> int:
     """`slimsearch latency --compare BASE.onnx OTHER.onnx …`: every model timed interleaved with the first."""
     from evaluators.latency import resolve_backend_name
     from evaluators.latency.timing import interleaved
-    from search.context import make_backend
-    from search.locks import MachineLock
-    from search.sections import LatencyConfig
+    from search.recipe.sections import LatencyConfig
+    from search.trial.context import make_backend
+    from search.trial.locks import MachineLock
 
     paths = list(args.compare)
     if args.target is not None:
@@ -219,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
     if args.target is None:
         raise UsageError("name MODEL.onnx or STUDY.yaml to time, or --compare BASE.onnx OTHER.onnx ...")
     from evaluators.latency import UnsupportedRequest
-    from evaluators.onnx_export import ExportError
     from evaluators.precision import PrecisionError
+    from evaluators.to_onnx import ExportError
 
     if not args.target.is_file():
         raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")

@@ -16,10 +16,10 @@ from search.errors import UsageError
 if TYPE_CHECKING:
     from evaluators.latency import LatencyBackend
     from evaluators.latency.table import LatencyTable
-    from search.config import StudyConfig
+    from search.recipe.config import StudyConfig
     from spaces import Space
 
-TABLE_FILE = "latency_table.json"  # search.staircase.TABLE_FILE, named here so --help needs no engine
+TABLE_FILE = "latency_table.json"  # search.trial.staircase.TABLE_FILE, named here so --help needs no engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +56,9 @@ def _progress() -> Progress:
 
 def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
     """The recipe's blocks space and its latency backend."""
-    from search.context import build_space, make_backend, recipe_data
-    from search.lut import require_units
+    from search.trial.build import build_space
+    from search.trial.context import make_backend, recipe_data
+    from search.trial.lut import require_units
 
     data = recipe_data(config)
     space = build_space(config, data)
@@ -68,8 +69,8 @@ def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
 
 def run_build(args: argparse.Namespace) -> int:
     """`slimsearch lut build`: measure every unit of the recipe's space and fit the table's correction."""
-    from search.lut import build_table
-    from search.progress import StepProgress
+    from search.trial.lut import build_table
+    from search.trial.steps import StepProgress
 
     config = recipe_from_args(args)
     if min(args.max_configs, args.samples, args.networks) < 0:
@@ -98,7 +99,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path: Path) -> None:
     """A compression recipe's staircase: the picture, and per group the widths a study offers."""
-    from search.staircase import attach, plot_staircase
+    from search.trial.staircase import attach, plot_staircase
 
     stairs = attach(space, table)
     plot_staircase(stairs, space.offered, path, f"{config.name}: latency staircase per group ({table.backend}, "
@@ -113,7 +114,7 @@ def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path
 
 def say_coverage(table: LatencyTable, space: Space) -> None:
     """One line on how the table covers the space: measured, estimated from neighbours, or not predictable."""
-    from search.lut import unpredictable
+    from search.trial.lut import unpredictable
 
     total, measured, lost = unpredictable(table, space)
     if measured == total:
@@ -126,7 +127,7 @@ def say_coverage(table: LatencyTable, space: Space) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """`slimsearch lut check`: compare the table's predictions with measured latencies (MAPE, Spearman)."""
-    from search.lut import check_table, load_table
+    from search.trial.lut import check_table, load_table
 
     config = recipe_from_args(args)
     if args.samples < 2:

@@ -17,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def show_front(run_dir: Path) -> None:
     """Print the front and write the reports next to the study."""
-    from search.front import hypervolume
-    from search.pareto import default_reference, front, trials_frame, write_reports
-    from search.report import print_sparsity, rung_summary, trials_table
-    from search.study import open_study
+    from search.results.front import hypervolume
+    from search.results.pareto import default_reference, front, trials_frame, write_reports
+    from search.results.report import print_sparsity, rung_summary, trials_table
+    from search.study.storage import open_study
     from spaces import get_space
 
     config, study = open_study(run_dir)

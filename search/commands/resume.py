@@ -24,13 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch resume`; returns the exit code."""
-    from search.executors.inprocess import run_study
-    from search.study import load_run_config
+    from search.study.executors import EXECUTORS, ExecutorOptions
+    from search.study.storage import load_run_config
 
     config = load_run_config(args.run_dir)
     if args.trials:  # a new budget for the run, frozen in its place
         config.search.trials = args.trials
     console.print(f"resuming study [bold]{config.name}[/] in {args.run_dir}", highlight=False)
-    run_study(config, trials=args.trials, timeout=args.timeout, show_progress=not args.no_progress)
+    EXECUTORS["local"](config, args.trials, args.timeout, not args.no_progress, ExecutorOptions())
     show_front(args.run_dir)
     return 0

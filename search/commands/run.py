@@ -52,22 +52,13 @@ def run(args: argparse.Namespace) -> int:
     if args.trials:  # the run's budget is frozen with it, so `resume` goes on to the same number
         args.overrides.append(f"search.trials={args.trials}")
     check_executor_args(args)
-    from search.executors.inprocess import run_study
-    from search.executors.local import run_workers
+    from search.study.executors import EXECUTORS, ExecutorOptions
 
     config = recipe_from_args(args)
     console.print(f"study [bold]{config.name}[/] → {config.run_dir}", highlight=False)
-    progress = not args.no_progress
-    if args.executor == "ray":
-        from search.executors.ray_executor import run_ray
-
-        run_ray(config, trials=args.trials, timeout=args.timeout, show_progress=progress, address=args.address,
-                cpus_per_trial=1 if args.cpus_per_trial is None else args.cpus_per_trial,
-                gpus_per_trial=args.gpus_per_trial or 0,
-                max_concurrent=args.max_concurrent)
-    elif args.workers > 1:
-        run_workers(config, args.workers, trials=args.trials, timeout=args.timeout, show_progress=progress)
-    else:
-        run_study(config, trials=args.trials, timeout=args.timeout, show_progress=progress)
+    options = ExecutorOptions(workers=args.workers, address=args.address,
+                              cpus_per_trial=1 if args.cpus_per_trial is None else args.cpus_per_trial,
+                              gpus_per_trial=args.gpus_per_trial or 0, max_concurrent=args.max_concurrent)
+    EXECUTORS[args.executor](config, args.trials, args.timeout, not args.no_progress, options)
     show_front(config.run_dir)
     return 0

@@ -17,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slimsearch status`; returns the exit code."""
-    from search.front import hypervolume
-    from search.pareto import default_reference, trials_frame
-    from search.report import print_sparsity, print_summary, trials_table
-    from search.study import open_study
+    from search.results.front import hypervolume
+    from search.results.pareto import default_reference, trials_frame
+    from search.results.report import print_sparsity, print_summary, trials_table
+    from search.study.storage import open_study
     from spaces import get_space
 
     config, study = open_study(args.run_dir)

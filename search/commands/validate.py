@@ -22,12 +22,12 @@ def run(args: argparse.Namespace) -> int:
     """Run `slimsearch validate`; returns the exit code (2 where `run` would refuse the recipe)."""
     import yaml
 
-    from search.frozen import CONFIG_FILE, refusal, refused_changes
+    from search.recipe.frozen import CONFIG_FILE, refusal, refused_changes
 
     config = recipe_from_args(args)
     console.print(f"[green]ok[/]: {args.recipe} is a valid {config.space.type!r} study; run directory {config.run_dir}")
     if (config.run_dir / CONFIG_FILE).is_file():
-        from search.study import storage_url, stored_evaluations
+        from search.study.storage import storage_url, stored_evaluations
 
         refused = refused_changes(config, storage_url(config))
         evaluated = stored_evaluations(config) if refused else 0

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from registry import UnknownName
 from spaces.blocks.library import BLOCKS
 from spaces.blocks.units import at_resolution, enumerate_units, layout, network_size, unit_module
-from spaces.registry import Candidate, Space, Unit, register_space
+from spaces.contract import Candidate, Space, Unit, register_space
 from spaces.suggest import Suggest
 
 MAX_WIDTH = 4096  # channels of a stem, stage or head: wider is a typo, and one candidate would not fit in memory

@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import torch.nn as nn
 
 from spaces.blocks.library import BLOCKS
+from spaces.contract import Candidate, Unit
 from spaces.layers import ConvBNAct
-from spaces.registry import Candidate, Unit
 
 
 def _unit(block: str, cin: int, cout: int, stride: int, options: dict[str, Any]) -> Unit:

@@ -35,7 +35,7 @@ from spaces.compress.importance import make_importance
 from spaces.compress.lowrank import form_params, kxk_conv
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
 from spaces.compress.prune import kept_channels
-from spaces.registry import Candidate, Space, Unit, register_space
+from spaces.contract import Candidate, Space, Unit, register_space
 from spaces.suggest import Suggest
 
 

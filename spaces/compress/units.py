@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from spaces.compress.compress import channel_graph
 from spaces.compress.prune import ROOT_TYPES, PrunableGroup, kept_channels
-from spaces.registry import Unit
+from spaces.contract import Unit
 
 
 @dataclass(frozen=True)

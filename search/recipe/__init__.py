@@ -1,0 +1,1 @@
+"""The validated recipe: the `StudyConfig`, its sections, and the copy frozen in the run directory."""

@@ -1,0 +1,99 @@
+"""The `local` executor: this process for one worker, else several worker processes on one machine sharing the
+study's storage (`slimsearch run --workers N`).
+
+Each worker is a fresh (spawned) process that runs the one-process loop, `search.study.executors.inprocess.run_study`: it
+asks the shared study for trials until the study holds the requested number of COMPLETE trials, so
+the total is respected to within one trial per worker. The parent process creates the study and
+recovers the trials of dead workers first (so workers neither race to create it nor wait on each
+other's running trials), then follows the storage to drive the progress bar.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+
+import optuna
+from optuna.trial import TrialState
+
+from search.errors import UsageError
+from search.recipe.config import StudyConfig, validate_config
+from search.study.executors.base import EXECUTORS, ExecutorOptions
+from search.study.executors.inprocess import run_study
+from search.study.progress import StudyProgress
+from search.study.storage import completed, open_for_run
+from search.trial.locks import record_protocol
+from spaces import get_space
+
+POLL_SECONDS = 1.0
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _worker(recipe: dict, target: int, timeout: float | None, workers: int) -> None:
+    """One worker process: run the shared study until it holds `target` completed trials."""
+    config = validate_config(recipe, "worker recipe")
+    run_study(config, trials=target, timeout=timeout, show_progress=False, workers=workers, recover=False)
+
+
+class StorageFollower:
+    """Feeds trials that finished in other processes to a progress callback, each once."""
+
+    def __init__(self, study: optuna.Study, callback: StudyProgress) -> None:
+        self.study = study
+        self.callback = callback
+        self.seen = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+
+    def poll(self) -> None:
+        """Pass each newly finished trial of the study to the callback, in trial order."""
+        for trial in sorted(self.study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
+            if trial.number not in self.seen:
+                self.seen.add(trial.number)
+                self.callback(self.study, trial)
+
+
+def run_workers(
+    config: StudyConfig, workers: int, trials: int | None = None, timeout: float | None = None,
+    show_progress: bool = True,
+) -> optuna.Study:
+    """Run the study with `workers` local processes until `trials` have completed; returns the study."""
+    if workers < 1:
+        raise UsageError(f"--workers: expected a positive number of processes, got {workers}")
+    target = trials or config.search.trials
+    timeout = timeout or config.search.timeout
+    study = open_for_run(config)
+    record_protocol(study, "local", workers)
+    done = completed(study)
+    if done >= target:
+        return study
+    recipe = config.dump()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_worker, recipe, target, timeout, workers) for _ in range(workers)]
+        if show_progress:
+            with StudyProgress(target, done, get_space(config.space.type).describe) as bar:
+                _wait(futures, StorageFollower(study, bar))
+        else:
+            _wait(futures, None)
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            raise error
+    return study
+
+
+@EXECUTORS.register("local")
+def run_local(config: StudyConfig, trials: int | None, timeout: float | None, show_progress: bool,
+              options: ExecutorOptions) -> optuna.Study:
+    """This machine: one worker runs the study in this process (`run_study`), more run as worker processes."""
+    if options.workers > 1:
+        return run_workers(config, options.workers, trials=trials, timeout=timeout, show_progress=show_progress)
+    return run_study(config, trials=trials, timeout=timeout, show_progress=show_progress)
+
+
+def _wait(futures: list[Future], follower: StorageFollower | None) -> None:
+    """Wait for every worker to end, following the storage meanwhile."""
+    pending = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=POLL_SECONDS)
+        if follower is not None:
+            follower.poll()

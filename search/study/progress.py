@@ -1,0 +1,64 @@
+"""A rich progress bar for a running study: trial k of N, elapsed, ETA and the size of the front."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from search.results.front import front_trials
+from search.results.record import TrialRecord
+from search.study.storage import completed, evaluated
+
+
+class StudyProgress:
+    """Optuna callback that advances a bar on each completed trial and prints one line per trial."""
+
+    def __init__(
+        self, total: int, done: int, describe: Callable[[dict[str, Any]], str] | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+        self.describe = describe
+        self.progress = Progress(
+            TextColumn("[bold]trial"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("front: {task.fields[front]}"),
+            console=self.console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("search", total=total, completed=done, front=0)
+
+    def __enter__(self) -> "StudyProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        record = TrialRecord.of(trial)
+        if evaluated(trial):
+            what = self.describe(record.candidate) if self.describe and record.candidate else ""
+            if record.screened:
+                self.console.print(f"  #{trial.number:<4d} [yellow]screened[/]: {record.screened}  {what}",
+                                   highlight=False)
+            else:
+                acc, lat = record.accuracy, record.latency_ms
+                rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
+                self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}",
+                                   highlight=False)
+            # the study's own count, so trials of other processes on the same study move the bar too
+            self.progress.update(self.task, completed=completed(study), front=len(front_trials(study)))
+        else:
+            reason = record.error or trial.state.name
+            self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)

@@ -1,0 +1,52 @@
+"""What a process builds once before its first trial: the study's context (data, space, backend, latency table)
+and its objective. Kept apart from `search.trial.context` so that the scorings can read the context while the space is
+built through them (a compression space gets its trained base from its scoring's `space_inputs`)."""
+
+from __future__ import annotations
+
+from evaluators.splits import DataBundle
+from search.errors import UsageError
+from search.recipe.config import StudyConfig
+from search.trial.context import StudyContext, make_backend, recipe_data
+from search.trial.objective import Objective
+from search.trial.rungs import RungObjective
+from search.trial.scoring import SCORINGS
+from search.trial.staircase import STAIRCASE_PNG, attach, plot_staircase, study_table
+from spaces import Space, get_space
+from spaces.compress import CompressError
+
+
+def build_space(config: StudyConfig, data: DataBundle) -> Space:
+    """The recipe's space, shaped for the data's channels, classes and image size, with the inputs its scoring
+    prepares (a compression space gets its trained base network)."""
+    try:
+        return get_space(config.space.type)(
+            config.space, in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
+            **SCORINGS[config.space.type].space_inputs(config, data),
+        )
+    except CompressError as exc:
+        message = str(exc)
+        raise UsageError(message if message.startswith("space.") else f"space: {message}") from None
+
+
+def build_context(config: StudyConfig) -> StudyContext:
+    """Load the data, instantiate the space for it, and open the latency backend."""
+    config.train.resolved_device()  # a GPU asked for where there is none stops the start, not every trial
+    data = recipe_data(config)
+    space = build_space(config, data)
+    backend = make_backend(config.latency, config.run_dir / "tensorrt")
+    table = study_table(config, space, backend)
+    if table is not None and config.space.type == "compress":
+        stairs = attach(space, table)
+        png = config.run_dir / STAIRCASE_PNG
+        if not png.is_file():
+            plot_staircase(stairs, space.offered, png, f"{config.name}: latency staircase per group ({table.backend}, "
+                                                       f"{table.device}, batch {table.batch_size})")
+    return StudyContext(config, data, space, backend, table)
+
+
+def make_objective(ctx: StudyContext) -> Objective:
+    """The study's objective: one fine-tune per candidate, or rungs of them with `search.fidelity`."""
+    if ctx.config.search.fidelity is None:
+        return Objective(ctx)
+    return RungObjective(ctx)

@@ -1,0 +1,169 @@
+"""One trial: sample a candidate, build it, count its cost, fine-tune it, score it and time it on the engine.
+
+Every space goes through the same steps; what differs between kinds of space is the study's `Scoring`.
+The model is exported to ONNX once after its fine-tune; the accuracy at a lower precision, the latency
+backend and the artifact store all read that export. A multi-fidelity study scores in rungs instead
+(`search.trial.rungs`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+import torch.nn as nn
+
+from evaluators.cost import Cost, measure_cost
+from evaluators.latency import LatencyStats
+from evaluators.onnx_model import ExportedModel
+from search.results.artifacts import artifact_store, keep_if_on_front
+from search.results.record import TrialRecord
+from search.trial.budget import LatencyBudget
+from search.trial.checkpoints import root_number
+from search.trial.constraints import apply_constraints, latency_limit
+from search.trial.context import StudyContext
+from search.trial.locks import MachineLock
+from search.trial.scoring import scoring_for
+from search.trial.suggest import OptunaSuggest
+from spaces import Candidate
+
+
+class Stopped(optuna.TrialPruned):
+    """A multi-fidelity candidate stopped below the top rung, told to the sampler as pruned (`report: top`)."""
+
+
+class Objective:
+    """Callable handed to `study.optimize`; returns (accuracy, median latency in ms)."""
+
+    def __init__(self, ctx: StudyContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.space = ctx.space
+        self.backend = ctx.backend
+        self.scoring = scoring_for(ctx)
+        self.artifacts = artifact_store(ctx.config.run_dir)
+        self.lock = MachineLock()
+        self.budget = LatencyBudget.from_config(ctx.config, ctx.space, ctx.table)
+        self.attached = False
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        record = TrialRecord()
+        try:
+            return self._evaluate(trial, record)
+        except Stopped:
+            raise
+        except optuna.TrialPruned as exc:
+            record.save(trial, error=str(exc))
+            raise
+        except Exception as exc:
+            record.save(trial, error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _evaluate(self, trial: optuna.Trial, record: TrialRecord) -> tuple[float, float]:
+        seed = self.config.seed + root_number(trial)
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        candidate = self.space.sample(OptunaSuggest(trial))
+        record.save(trial, candidate=candidate, **self.scoring.candidate_fields(candidate))
+        torch.manual_seed(seed)  # a network trained from scratch starts from the same weights in any process
+        model = self.space.build(candidate)
+        seconds["build"] = time.perf_counter() - t0
+
+        t = time.perf_counter()
+        cost = measure_cost(model, self.ctx.data.input_shape)
+        record.save(trial, macs=cost.macs, flops=cost.flops, params=cost.params)
+        seconds["cost"] = time.perf_counter() - t
+        if self.budget is not None:
+            prediction = self.budget.predict(candidate)
+            record.save(trial, predicted_latency_ms=prediction.ms)
+            if prediction.missing:
+                record.save(trial, latency_table_missing=prediction.missing)
+            self.budget.enforce(prediction)
+            limit = self.screening_limit()
+            if prediction.ms is not None and limit is not None and prediction.ms > limit:
+                return self.screen(trial, record, prediction.ms, limit, cost, seconds, t0)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            exported, stats = self.score(trial, record, model, candidate, cost, seed, Path(tmp), seconds)
+            versus = self.scoring.versus_base(cost, record.accuracy, stats)
+            if versus is not None:
+                record.save(trial, vs_base=versus)
+            t = time.perf_counter()
+            feasible = apply_constraints(trial, record, self.config.constraints, accuracy=record.accuracy,
+                                         latency_ms=stats.median_ms, params=cost.params,
+                                         base_latency_ms=self.base_ms(stats))
+            if feasible and record.at_top and exported is not None:
+                keep_if_on_front(trial, exported, record.accuracy, stats.median_ms, self.artifacts)
+            seconds["artifacts"] = time.perf_counter() - t
+
+        seconds["total"] = time.perf_counter() - t0
+        record.save(trial, seconds={**record.seconds, **seconds})
+        return record.accuracy, stats.median_ms
+
+    def base_ms(self, stats: LatencyStats) -> float | None:
+        """The base's latency to set `stats` against: its prediction where `stats` is a prediction, else its
+        measurement."""
+        return self.predicted_base_ms() if stats.extra.get("predicted") else self.scoring.base_latency_ms()
+
+    def predicted_base_ms(self) -> float | None:
+        """The base network's latency predicted by the study's table (None: no table, or a space without a base)."""
+        if self.budget is None or not hasattr(self.space, "predicted_ms"):
+            return None
+        return self.space.predicted_ms({g.name: g.channels for g in self.space.groups})
+
+    def screening_limit(self) -> float | None:
+        """The predicted latency over which a candidate is screened: `constraints.latency_ms`, and the base's predicted
+        latency over `constraints.speedup` (prediction against prediction, so the table's bias cancels)."""
+        return latency_limit(self.config.constraints, self.predicted_base_ms())
+
+    def screen(self, trial: optuna.Trial, record: TrialRecord, predicted_ms: float, limit: float, cost: Cost,
+               seconds: dict[str, float], t0: float) -> tuple[float, float]:
+        """Complete a candidate whose predicted latency misses the target without fine-tuning it: infeasible, so the
+        sampler learns from it and the front never shows it; its values are accuracy 0 and the prediction."""
+        record.save(trial, screened=f"predicted {predicted_ms:.4f} ms is over the target {limit:.4f} ms; not "
+                                    "fine-tuned")
+        apply_constraints(trial, record, self.config.constraints, accuracy=0.0, latency_ms=predicted_ms,
+                          params=cost.params, base_latency_ms=self.predicted_base_ms())
+        seconds["total"] = time.perf_counter() - t0
+        record.save(trial, accuracy=0.0, seconds={**record.seconds, **seconds})
+        return 0.0, predicted_ms
+
+    def score(
+        self, trial: optuna.Trial, record: TrialRecord, model: nn.Module, candidate: Candidate, cost: Cost,
+        seed: int, tmp: Path, seconds: dict[str, float],
+    ) -> tuple[ExportedModel | None, LatencyStats]:
+        """Fine-tune the candidate, score it at its precision and time it; returns its export (None where there is
+        none to keep) and latency."""
+        scoring = self.scoring
+        with self.lock.training() as seconds["train_wait"]:
+            t = time.perf_counter()
+            torch.manual_seed(seed)
+            record.save(trial, **scoring.prepare(model, seed))
+            tune = scoring.fine_tune(model, seed, candidate=candidate)
+            tune.run_to(self.config.train.epochs)
+            exported = ExportedModel(model, self.ctx.data.input_shape, tmp)
+            record.save(trial, **scoring.score(exported, candidate, tune.accuracy(), scoring.validation()),
+                        train_loss=tune.loss)
+            seconds["train"] = time.perf_counter() - t
+        return exported, self.measure(trial, record, exported, candidate, seconds)
+
+    def measure(self, trial: optuna.Trial, record: TrialRecord, exported: ExportedModel, candidate: Candidate,
+                seconds: dict[str, float]) -> LatencyStats:
+        """Time the export alone on this machine (the first trial of a process also reads the study's base)."""
+        with self.lock.measuring() as seconds["latency_wait"]:
+            t = time.perf_counter()
+            self.attach(trial)
+            stats = self.scoring.latency(exported, candidate)
+            seconds["latency"] = time.perf_counter() - t
+        record.save(trial, latency=stats.as_dict())
+        return stats
+
+
+    def attach(self, trial: optuna.Trial) -> None:
+        """Read what the scoring needs from the study (the base's record) once per process."""
+        if not self.attached:
+            self.scoring.attach(trial.study)
+            self.attached = True
