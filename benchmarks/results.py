@@ -28,8 +28,14 @@ def machine() -> str:
 
 
 def command_line() -> str:
-    """The command that is running, as a user would type it from the repository root."""
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    """The command that is running, as a user would type it from the repository root: `python -m PACKAGE ...` for
+    a package's __main__.py, else `python SCRIPT ...`."""
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py":
+        words = ["-m", ".".join(script.resolve().parent.relative_to(ROOT).parts)]
+    else:
+        words = [os.path.relpath(script)]
+    return "python " + " ".join(shlex.quote(a) for a in [*words, *sys.argv[1:]])
 
 
 def shown(path: Path) -> str:
