@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from benchmarks.realscale_baselines import tp_global_l1  # noqa: E402
+from benchmarks.realscale.baselines import tp_global_l1  # noqa: E402
 from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
 from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.latency.timing import interleaved  # noqa: E402

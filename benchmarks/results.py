@@ -18,6 +18,7 @@ from evaluators.latency.base import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ROOT = RESULTS.parents[1]
+ARCHIVE = re.compile(r"^## Archive$", re.M)  # superseded runs, one line each: the file's last section
 
 
 def machine() -> str:
@@ -28,8 +29,14 @@ def machine() -> str:
 
 
 def command_line() -> str:
-    """The command that is running, as a user would type it from the repository root."""
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    """The command that is running, as a user would type it from the repository root: `python -m PACKAGE ...` for
+    a package's __main__.py, else `python SCRIPT ...`."""
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py":
+        words = ["-m", ".".join(script.resolve().parent.relative_to(ROOT).parts)]
+    else:
+        words = [os.path.relpath(script)]
+    return "python " + " ".join(shlex.quote(a) for a in [*words, *sys.argv[1:]])
 
 
 def shown(path: Path) -> str:
@@ -70,8 +77,9 @@ def write_section(
     key: str, title: str, body: str, command: str | None = None, *, machine_name: str | None = None,
     date: str | None = None, path: Path = RESULTS,
 ) -> Path:
-    """Replace (or append) the section `key` of RESULTS.md (or `path`) with `body`, stamped with command (default:
-    this process's), machine and date (default: this machine, now; a run measured elsewhere passes its own)."""
+    """Replace the section `key` of RESULTS.md (or `path`) with `body` in place, or add it as a new section just
+    before the closing "## Archive" (at the end where there is none); stamped with command (default: this
+    process's), machine and date (default: this machine, now; a run measured elsewhere passes its own)."""
     stamp = (
         f"Command: `{command or command_line()}`  \n"
         f"Machine: {machine_name or machine()}  \n"
@@ -80,7 +88,12 @@ def write_section(
     block = f"<!-- {key}:start -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- {key}:end -->"
     text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script named in its command line.\n"
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    elif archive := ARCHIVE.search(text):
+        text = text[:archive.start()].rstrip() + "\n\n" + block + "\n\n" + text[archive.start():]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
     return path
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests' networks are tiny: a second torch thread only adds synchronisation (several times slower on a busy
+# two-core machine). Test recipes train with one, and so does code a test calls directly.
+ONE_THREAD = 1
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    torch.set_num_threads(ONE_THREAD)
 
 
 def tiny_recipe(tmp_path: Path, **changes: object) -> dict:
@@ -16,6 +25,7 @@ def tiny_recipe(tmp_path: Path, **changes: object) -> dict:
     raw["output_dir"] = str(tmp_path / "runs")
     raw["data"]["image_size"] = 8
     raw["train"]["epochs"] = 0.5
+    raw["train"]["threads"] = ONE_THREAD
     raw["latency"]["max_seconds"] = 0.2
     raw["search"]["trials"] = 3
     raw["search"]["startup_trials"] = 2

@@ -17,6 +17,7 @@ from search.trial.build import build_context
 from search.trial.context import recipe_data
 from search.trial.scoring.base_network import prepare_base
 from spaces.compress import fingerprint
+from tests.conftest import ONE_THREAD
 
 
 def recipe(tmp_path, **changes: object) -> dict:
@@ -30,7 +31,7 @@ def recipe(tmp_path, **changes: object) -> dict:
             "importance": ["l1", "taylor"], "precision": ["fp16", "int8"],
         },
         "data": {"dataset": "digits", "image_size": 8},
-        "train": {"epochs": 0.5, "kd_alpha": 0.5, "bn_batches": 2},
+        "train": {"epochs": 0.5, "kd_alpha": 0.5, "bn_batches": 2, "threads": ONE_THREAD},
         "latency": {"backend": "onnxruntime", "max_seconds": 0.2},
         "search": {"sampler": "random", "trials": 3},
         **changes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_torch_backend_refuses_an_onnx_file(tmp_path):
 
 def test_onnxruntime_headline_is_median_of_round_medians():
     stats = get_backend("onnxruntime", max_seconds=0.3).measure(small_net(), (3, 16, 16))
-    assert stats.extra["rounds"] >= 3 and 0 <= stats.extra["round_cv"]
+    assert stats.extra["rounds"] >= 3 and math.isfinite(stats.extra["round_cv"])
     assert stats.extra["threads"] == 1 and stats.extra["run_median_ms"] > 0
 
 

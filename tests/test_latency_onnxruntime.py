@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch.nn as nn
 
@@ -20,9 +22,10 @@ def test_measure_module_reports_stats():
     backend = get_backend("onnxruntime", threads=1, max_seconds=0.3)
     stats = backend.measure(small_net(), (3, 16, 16))
     assert stats.backend == "onnxruntime" and stats.backend_version
-    assert stats.runs >= 150 and stats.warmup_runs >= 10
+    rounds, round_runs = stats.extra["rounds"], stats.extra["round_runs"]  # how many fit depends on the machine
+    assert stats.runs == rounds * round_runs and rounds >= 3 and round_runs >= 10 and stats.warmup_runs >= 10
     assert 0 < stats.median_ms <= stats.p90_ms <= stats.p99_ms
-    assert stats.cv >= 0 and stats.precision == "fp32" and "thread" in stats.device
+    assert math.isfinite(stats.cv) and stats.precision == "fp32" and "thread" in stats.device
 
 
 def test_measure_onnx_file(tmp_path):

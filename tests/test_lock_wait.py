@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
-from search.trial.locks import MachineLock
+from search.trial.locks import QUIET_WAIT_S, MachineLock
 from tests.conftest import ROOT
 
 HOLD = """
-import sys, time
-from search.locks import MachineLock
+import select, sys
+from search.trial.locks import MachineLock
 with MachineLock(sys.argv[1]).measuring():
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    select.select([sys.stdin], [], [], 120)  # until the test writes or closes stdin (or gives up)
 """
 
 
 def test_a_measurement_waiting_for_another_names_its_process(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), "3"], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    said: list[str] = []
+
+    def say(message: str) -> None:  # the waiter speaks up once; only then does the holder let go
+        said.append(message)
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+
     try:
         assert holder.stdout.readline().strip() == "held"
-        said: list[str] = []
-        start = time.monotonic()
-        with MachineLock(tmp_path, say=said.append).measuring() as waited:
+        with MachineLock(tmp_path, say=say).measuring() as waited:
             pass
-        assert waited > 2 and time.monotonic() - start < 30
         assert len(said) == 1 and said[0].startswith(f"waiting for the latency lock held by PID {holder.pid} (")
+        assert waited >= QUIET_WAIT_S  # it spoke only after trying quietly that long
     finally:
-        holder.wait(timeout=30)
+        holder.stdin.close()  # lets go of the lock, if nothing else did
+        holder.wait(timeout=60)
     assert not (MachineLock(tmp_path).holder).exists()  # a released lock names nobody
 
 

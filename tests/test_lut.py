@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 import torch
 import yaml
 from optuna.trial import TrialState
+from scipy.stats import spearmanr
 
 from evaluators.latency import get_backend
 from evaluators.latency.table import LatencyTable, TableError, fit_correction, unit_key
@@ -107,8 +109,10 @@ def test_lut_check_reports_mape_and_spearman(built, capsys):
     report = json.loads(capsys.readouterr().out)
     summary = report["summary"]
     assert summary["candidates"] == 3 and summary["table"] == str(path)
-    assert summary["mape_percent"] >= 0 and -1 <= summary["spearman"] <= 1
     assert all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 for r in report["rows"])
+    predicted, measured = ([r[k] for r in report["rows"]] for k in ("predicted_ms", "measured_ms"))
+    assert summary["mape_percent"] == pytest.approx(100 * np.mean(np.abs(np.subtract(predicted, measured)) / measured))
+    assert summary["spearman"] == pytest.approx(spearmanr(predicted, measured).statistic, nan_ok=True)
 
 
 def test_table_from_another_backend_or_device_is_refused(built, tmp_path, capsys):

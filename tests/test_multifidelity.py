@@ -169,8 +169,8 @@ def cli(*args: str) -> list[str]:
 
 
 def test_a_candidate_killed_mid_rung_resumes_at_that_rung_from_its_checkpoint(tmp_path):
-    long = {"search.trials": 1, "search.heartbeat_interval": 1, "train.epochs": 8,
-            "search.fidelity": {"rungs": [0.5, 8], "eta": 2}}
+    long = {"search.trials": 1, "search.heartbeat_interval": 1, "train.epochs": 2,
+            "search.fidelity": {"rungs": [0.5, 2], "eta": 2}}
     path = write(tmp_path, "killed", **long)
     run_dir = load_config(path).run_dir
     proc = subprocess.Popen(cli("run", str(path), "--no-progress"), cwd=ROOT, stdout=subprocess.PIPE,
@@ -181,7 +181,11 @@ def test_a_candidate_killed_mid_rung_resumes_at_that_rung_from_its_checkpoint(tm
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "no rung checkpoint was written"
             time.sleep(0.05)
-        time.sleep(0.5)  # into the second rung
+        _, study = open_study(run_dir)
+        while study.trials[0].user_attrs.get("rung") != 1:  # promoted: the second rung's fine-tune has begun
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the candidate was not promoted"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)

@@ -22,6 +22,7 @@ from search.trial.build import build_context
 from spaces import RandomSuggest
 from spaces.compress import CompressError, CompressSpace, CompressSpaceConfig, fingerprint
 from spaces.compress.nets import tiny_resnet
+from tests.conftest import ONE_THREAD
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMBDAS = [0.01, 0.05]
@@ -35,7 +36,7 @@ def tiny_slimming(tmp_path: Path, **sparsity_changes: object) -> Path:
     raw["space"]["base"]["sparsity"] = {"l1": LAMBDAS, "epochs": 1, "lr": 0.05, **sparsity_changes}
     raw["space"]["keep"], raw["space"]["keep_step"] = [0.2, 0.8], 0.2
     raw["data"]["image_size"] = 8
-    raw["train"].update(epochs=0.5, bn_batches=2)
+    raw["train"].update(epochs=0.5, bn_batches=2, threads=ONE_THREAD)
     raw["latency"].update(max_seconds=0.2, batch_size=1)
     raw["search"] = {"sampler": "random", "trials": 4, "anchors": 1}
     path = tmp_path / "slimming.yaml"

@@ -1,4 +1,4 @@
-"""The four stages of the real-scale benchmark (benchmarks/realscale.py), and the clock that shares its time
+"""The four stages of the real-scale benchmark (benchmarks/realscale/), and the clock that shares its time
 budget among them: each stage takes what the earlier ones produced and returns the record the report shows."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmarks.realscale_baselines import (
+from benchmarks.realscale.baselines import (
     describe_cost,
     latency_ms,
     match_tp_global,
@@ -27,7 +27,7 @@ from benchmarks.realscale_baselines import (
     short_finetune,
     uniform_l1,
 )
-from benchmarks.realscale_report import FRONT_ZIP, TABLE_ZIP
+from benchmarks.realscale.report import FRONT_ZIP, TABLE_ZIP
 from benchmarks.results import machine
 from evaluators.latency import LatencyBackend, get_backend
 from evaluators.splits import DataBundle, Split

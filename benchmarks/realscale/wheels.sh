@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Wheels for the real-scale run (benchmarks/realscale.py) on a GPU machine that has torch, torchvision, onnx,
+# Wheels for the real-scale run (python -m benchmarks.realscale) on a GPU machine that has torch, torchvision, onnx,
 # onnxruntime, numpy, scipy, pandas, rich, matplotlib, PyYAML, tqdm, tabulate and portalocker but not what
 # slimsearch adds: optuna (+ alembic, Mako, SQLAlchemy, colorlog), torch-pruning, fvcore (+ iopath, yacs,
 # termcolor) and pydantic (+ pydantic-core, annotated-types, typing-inspection, typing-extensions). Versions are
 # those of the development environment. Writes .whl/ (ignored by git) for CPython 3.12 on manylinux x86_64;
 # fvcore and iopath publish source only, so pure-Python wheels are built from their sources here.
-# Usage: bash benchmarks/realscale_wheels.sh [PYTHON]   (run from anywhere; PYTHON defaults to python3)
+# Usage: bash benchmarks/realscale/wheels.sh [PYTHON]   (run from anywhere; PYTHON defaults to python3)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON="${1:-python3}"
 DEST=.whl
 BINARY=(

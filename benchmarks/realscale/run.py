@@ -23,12 +23,12 @@ stage 3 about 40 s, stage 4 the rest (its epochs chosen so the three fine-tunes 
 
 The GPU run — one NVIDIA H200, 16 cores; run's carry [".whl", ".pack"], timeout_s 600:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 benchmarks/realscale.py --data .pack/cifar10.jpgpack
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 -m benchmarks.realscale --data .pack/cifar10.jpgpack
 
-made ready here by `python benchmarks/realscale.py --pack-data` (the JPEGs of ../shared/datasets/cifar10 as
-one 18 MB file, .pack/cifar10.jpgpack) and `bash benchmarks/realscale_wheels.sh` (.whl/). Seven files come
+made ready here by `python -m benchmarks.realscale --pack-data` (the JPEGs of ../shared/datasets/cifar10 as
+one 18 MB file, .pack/cifar10.jpgpack) and `bash benchmarks/realscale/wheels.sh` (.whl/). Seven files come
 back: resnet56_cifar10.pt, results.json, results.md, study.db, front_onnx.zip, table_onnx.zip, log.txt.
-Then, here: `python benchmarks/realscale.py --time-onnx FOLDER --write-results` times the packed ONNX files
+Then, here: `python -m benchmarks.realscale --time-onnx FOLDER --write-results` times the packed ONNX files
 with ONNX Runtime on this CPU, fills the table's CPU column and writes the section of benchmarks/RESULTS.md.
 `--smoke` runs every stage at toy size on any machine (tests/test_realscale.py).
 """
@@ -39,19 +39,16 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from benchmarks.realscale_data import decode, pack_summary, read_folder, read_pack, write_cifar_batches, write_pack  # noqa: E402
-from benchmarks.realscale_report import Results, time_onnx, write_results  # noqa: E402
-from benchmarks.realscale_stages import (  # noqa: E402
+from benchmarks.realscale.data import decode, pack_summary, read_folder, read_pack, write_cifar_batches, write_pack
+from benchmarks.realscale.report import Results, time_onnx, write_results
+from benchmarks.realscale.stages import (
     CHECKPOINT,
     Clock,
     Log,
@@ -65,10 +62,10 @@ from benchmarks.realscale_stages import (  # noqa: E402
     stage4,
     stage4_entries,
 )
-from benchmarks.results import ROOT, command_line, machine  # noqa: E402
-from evaluators.splits import DataBundle, load_data  # noqa: E402
-from evaluators.train import TrainSettings  # noqa: E402
-from search.recipe.config import StudyConfig, load_config  # noqa: E402
+from benchmarks.results import ROOT, command_line, machine
+from evaluators.splits import DataBundle, load_data
+from evaluators.train import TrainSettings
+from search.recipe.config import StudyConfig, load_config
 
 RECIPE = ROOT / "studies" / "cifar10_resnet56_prune.yaml"
 PACK = ROOT / ".pack" / "cifar10.jpgpack"
@@ -83,7 +80,7 @@ SMOKE_EPOCHS = (0.5, 0.5)  # the base's and stage 4's
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.realscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="JPEG pack or ImageFolder root (default: .pack/cifar10.jpgpack "
                         "if present, else ../shared/datasets/cifar10)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "runs/realscale/out"),
@@ -233,6 +230,3 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_results:
         print(f"wrote {write_results(results, args.results_file)}")
 
-
-if __name__ == "__main__":
-    main()

@@ -98,7 +98,7 @@ def read_pack(path: Path) -> Encoded:
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a JPEG pack ({exc}); make one with `benchmarks/realscale.py --pack-data`")
+        raise DataError(f"{path}: not a JPEG pack ({exc}); make one with `python -m benchmarks.realscale --pack-data`")
     with z:
         header = json.loads(z["header"].tobytes())
         if header.get("version") != PACK_VERSION:
