@@ -48,10 +48,11 @@ def score(ctx: StudyContext, scoring: Scoring, candidate: Candidate, fidelities:
         if tune is None or not cut:
             torch.manual_seed(seed)
             model = ctx.space.build(copy.deepcopy(candidate))
-            scoring.prepare(model, seed)
-            tune = scoring.fine_tune(model, seed, fidelities[-1] if cut else max(f, 1e-6), candidate)
-        if f == 0:
-            scores.append(evaluate(model, scoring.validation()))
+            prepared = scoring.prepare(model, seed)
+            tune = scoring.fine_tune(model, seed, fidelities[-1] if cut else f, candidate) if cut or f > 0 else None
+        if f == 0:  # a compressed candidate was scored by its adaptive BN already
+            after_bn = prepared.get("accuracy_adaptive_bn")
+            scores.append(evaluate(model, scoring.validation()) if after_bn is None else after_bn)
             continue
         tune.run_to(f)
         scores.append(tune.accuracy())
@@ -61,7 +62,7 @@ def score(ctx: StudyContext, scoring: Scoring, candidate: Candidate, fidelities:
 def speedups(ctx: StudyContext, candidates: list[Candidate]) -> list[float]:
     """Each candidate's speed-up over the base predicted by the study's latency table."""
     space, table = ctx.space, ctx.table
-    base_ms = space.predicted_ms({g.name: g.channels for g in space.groups})
+    base_ms = space.predicted_base_ms()
     return [base_ms / table.predict(space.units(c)).ms for c in candidates]
 
 

@@ -40,8 +40,9 @@ class RungPoint:
 
 def reached(trials: Iterable[FrozenTrial], rung: int) -> list[RungPoint]:
     """The feasible candidates that have a result at `rung`, at their latency predicted by the study's table where
-    it has one (so candidates timed at the top and those not yet timed compare alike), else measured. Failed trials are left out: a trial killed mid-rung
-    is retried as another trial that carries its results, so each candidate counts once."""
+    it has one (so candidates timed at the top and those not yet timed compare alike), else measured. Failed
+    trials are left out: a trial killed mid-rung is retried as another trial that carries its results, so each
+    candidate counts once."""
     points = []
     for t in trials:
         if t.state not in _ALIVE:

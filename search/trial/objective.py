@@ -110,9 +110,9 @@ class Objective:
 
     def predicted_base_ms(self) -> float | None:
         """The base network's latency predicted by the study's table (None: no table, or a space without a base)."""
-        if self.budget is None or not hasattr(self.space, "predicted_ms"):
+        if self.budget is None or not hasattr(self.space, "predicted_base_ms"):
             return None
-        return self.space.predicted_ms({g.name: g.channels for g in self.space.groups})
+        return self.space.predicted_base_ms()
 
     def screening_limit(self) -> float | None:
         """The predicted latency over which a candidate is screened: `constraints.latency_ms`, and the base's predicted

@@ -198,6 +198,10 @@ class CompressSpace(Space):
             raise CompressError("no latency predictor: the space was given no latency table")
         return self._predict_units(geometry.policy_units(self.layers, widths))
 
+    def predicted_base_ms(self) -> float:
+        """The unpruned base's latency predicted by the same table: what every predicted speed-up divides."""
+        return self.predicted_ms({g.name: g.channels for g in self.groups})
+
     def greedy_widths(self, speedup: float) -> dict[str, int]:
         """The latency_greedy policy at a predicted `speedup` over the base (see `spaces.compress.greedy`): channel
         importance is Taylor's |w·∂L/∂w| on the calibration batch (a first-order loss change, comparable across
