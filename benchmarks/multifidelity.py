@@ -37,9 +37,9 @@ from scipy.stats import spearmanr  # noqa: E402
 from benchmarks.results import RESULTS, markdown_table, plot_fronts, run_name, shown, variant_name, write_section  # noqa: E402
 from search.recipe.config import load_config  # noqa: E402
 from search.results.front import contenders, front_of, hypervolume, pareto_mask  # noqa: E402
-from search.results.record import TrialRecord  # noqa: E402
+from search.results.record import TrialRecord, evaluated  # noqa: E402
 from search.study.executors.inprocess import run_study  # noqa: E402
-from search.study.storage import evaluated, open_study  # noqa: E402
+from search.study.storage import open_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("single", "reached", "top")

@@ -17,7 +17,8 @@ from evaluators.latency import LatencyStats
 from registry import UnknownName
 from search.recipe.config import load_config
 from search.results.record import TrialRecord
-from search.study.executors.inprocess import FailureCap, run_study
+from search.study.after_trial import AfterTrial, FailureCap
+from search.study.executors.inprocess import run_study
 from search.trial.scoring import SCORINGS, Scoring, register_scoring
 from search.trial.scoring.compressed import versus_base
 from spaces import Space, Suggest, register_space
@@ -49,7 +50,7 @@ def test_the_failure_cap_stops_a_study_on_a_streak_and_a_success_resets_it():
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     cap = FailureCap(3)
-    study.optimize(objective, n_trials=20, catch=(RuntimeError,), callbacks=[cap])
+    study.optimize(objective, n_trials=20, catch=(RuntimeError,), callbacks=[AfterTrial(cap)])
     assert cap.tripped and len(study.trials) == 8 and cap.last_error == "boom 7"
 
 

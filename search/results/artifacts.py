@@ -20,7 +20,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from evaluators.onnx_model import ExportedModel
-from search.results.front import dominated, front_numbers
+from search.results.front import FinishedTrial, dominated
 
 ARTIFACTS_DIR = "artifacts"
 WEIGHTS = "model.pt"
@@ -74,11 +74,11 @@ def fetch(trial: FrozenTrial, filename: str, store: FileSystemArtifactStore, des
     return True
 
 
-def prune_artifacts(study: optuna.Study, store: FileSystemArtifactStore) -> int:
+def prune_artifacts(finished: FinishedTrial, store: FileSystemArtifactStore) -> int:
     """Remove the stored files of finished trials that are not on the front; returns how many went."""
-    keep = front_numbers(study)
+    keep = {t.number for t in finished.front}
     removed = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in finished.trials:
         if not t.state.is_finished() or t.number in keep:
             continue
         for artifact_id in trial_artifacts(t).values():
@@ -91,10 +91,10 @@ def prune_artifacts(study: optuna.Study, store: FileSystemArtifactStore) -> int:
 
 
 class PruneArtifacts:
-    """Optuna callback: after each trial, drop the artifacts of trials that left the front."""
+    """After-trial listener: drop the artifacts of trials that left the front."""
 
     def __init__(self, store: FileSystemArtifactStore) -> None:
         self.store = store
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        prune_artifacts(study, self.store)
+    def __call__(self, finished: FinishedTrial) -> None:
+        prune_artifacts(finished, self.store)

@@ -4,13 +4,14 @@ store and export all ask here."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Iterable
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.results.record import TrialRecord
+from search.results.record import TrialRecord, evaluated
 
 
 def pareto_mask(accuracy: np.ndarray, latency: np.ndarray) -> np.ndarray:
@@ -53,6 +54,27 @@ def front_of(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
         return []
     mask = pareto_mask(np.array([t.values[0] for t in pool]), np.array([t.values[1] for t in pool]))
     return sorted((t for t, keep in zip(pool, mask) if keep), key=lambda t: (t.values[1], -t.values[0]))
+
+
+class FinishedTrial:
+    """A study just after one of its trials finished, read from its storage once: what the trial's callbacks
+    (budget, failure streak, artifact store, progress bar) ask of it — its trials, how many candidates are
+    evaluated, the front — is computed once and shared, not scanned again by each of them."""
+
+    def __init__(self, study: optuna.Study, trial: FrozenTrial, trials: list[FrozenTrial] | None = None) -> None:
+        self.study = study
+        self.trial = trial
+        self.trials = study.get_trials(deepcopy=False) if trials is None else trials
+
+    @cached_property
+    def evaluated(self) -> int:
+        """How many candidates the study has evaluated (the count `search.trials` asks for)."""
+        return sum(evaluated(t) for t in self.trials)
+
+    @cached_property
+    def front(self) -> list[FrozenTrial]:
+        """The study's front, fastest first."""
+        return front_of(self.trials)
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 
 @dataclass
@@ -82,3 +82,11 @@ class TrialRecord:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrialRecord))
+
+
+def evaluated(trial: FrozenTrial) -> bool:
+    """Whether a finished trial scored its candidate: completed, or stopped below the top rung of a multi-fidelity
+    study (pruned, with the rung it reached, under `search.fidelity.report: top`)."""
+    if trial.state == TrialState.COMPLETE:
+        return True
+    return trial.state == TrialState.PRUNED and TrialRecord.of(trial).rung is not None

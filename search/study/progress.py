@@ -6,18 +6,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from search.results.front import front_trials
-from search.results.record import TrialRecord
-from search.study.storage import completed, evaluated
+from search.results.front import FinishedTrial
+from search.results.record import TrialRecord, evaluated
 
 
 class StudyProgress:
-    """Optuna callback that advances a bar on each completed trial and prints one line per trial."""
+    """After-trial listener that advances a bar on each completed trial and prints one line per trial."""
 
     def __init__(
         self, total: int, done: int, describe: Callable[[dict[str, Any]], str] | None = None,
@@ -45,7 +42,8 @@ class StudyProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def __call__(self, finished: FinishedTrial) -> None:
+        trial = finished.trial
         record = TrialRecord.of(trial)
         if evaluated(trial):
             what = self.describe(record.candidate) if self.describe and record.candidate else ""
@@ -58,7 +56,7 @@ class StudyProgress:
                 self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}",
                                    highlight=False)
             # the study's own count, so trials of other processes on the same study move the bar too
-            self.progress.update(self.task, completed=completed(study), front=len(front_trials(study)))
+            self.progress.update(self.task, completed=finished.evaluated, front=len(finished.front))
         else:
             reason = record.error or trial.state.name
             self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)

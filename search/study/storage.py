@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from evaluators.latency import LatencyBackend
 from search.errors import UsageError
@@ -25,7 +25,7 @@ from search.recipe.frozen import (
     remove_failed_start,
     run_dir_storage,
 )
-from search.results.record import TrialRecord
+from search.results.record import evaluated
 from search.study.recovery import grace_period, recover_stale_trials
 from search.study.samplers import make_sampler
 from search.trial.locks import locked
@@ -174,28 +174,9 @@ def open_study(run_dir: str | Path) -> tuple[StudyConfig, optuna.Study]:
     return config, study
 
 
-def evaluated(trial: FrozenTrial) -> bool:
-    """Whether a finished trial scored its candidate: completed, or stopped below the top rung of a multi-fidelity
-    study (pruned, with the rung it reached, under `search.fidelity.report: top`)."""
-    if trial.state == TrialState.COMPLETE:
-        return True
-    return trial.state == TrialState.PRUNED and TrialRecord.of(trial).rung is not None
-
-
 def completed(study: optuna.Study) -> int:
     """How many candidates the study has evaluated (the number `search.trials` and `--trials` ask for)."""
     return sum(evaluated(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-class StopAtBudget:
-    """Optuna callback: stop the study once it has evaluated `target` candidates."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if completed(study) >= self.target:
-            study.stop()
 
 
 def check_backend(study: optuna.Study, backend: LatencyBackend, precision: str) -> None:

@@ -1,6 +1,5 @@
 """What every executor shares: the `Executor` interface, the `EXECUTORS` registry that `slimsearch run` picks one
-from by name, the options a command line gives them, and the failure streak that stops a study whose recipe is
-wrong."""
+from by name, and the options a command line gives them."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from typing import Protocol
 import optuna
 
 from registry import Registry
-from search.errors import UsageError
 from search.recipe.config import StudyConfig
 
 
@@ -33,25 +31,3 @@ class Executor(Protocol):
 
 
 EXECUTORS: Registry[Executor] = Registry("executor")
-
-
-class FailureStreak:
-    """Failed trials in a row; `limit` of them trip it, which means the recipe is wrong."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.streak = 0
-        self.tripped = False
-
-    def see(self, failed: bool) -> bool:
-        """Count one finished trial; whether the streak has tripped."""
-        self.streak = self.streak + 1 if failed else 0
-        self.tripped = self.tripped or self.streak >= self.limit
-        return self.tripped
-
-    def error(self, last_error: str) -> UsageError:
-        """The error a tripped study stops with, naming the last failure."""
-        return UsageError(
-            f"stopped after {self.limit} failed trials in a row (search.max_consecutive_failures); the last error "
-            f"was: {last_error}. Fix the recipe and resume."
-        )

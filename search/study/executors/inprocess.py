@@ -3,47 +3,21 @@ loop; `--workers N` runs N of them)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 
 from search.recipe.config import StudyConfig
 from search.results.artifacts import PruneArtifacts, artifact_store
-from search.results.record import TrialRecord
-from search.study.executors.base import FailureStreak
+from search.study.after_trial import AfterTrial, FailureCap, StopAtBudget
 from search.study.progress import StudyProgress
 from search.study.recovery import recover_stale_trials
-from search.study.storage import (
-    StopAtBudget,
-    check_backend,
-    completed,
-    create_or_load_study,
-    enqueue_anchors,
-    frozen_recipe,
-)
+from search.study.storage import check_backend, completed, create_or_load_study, enqueue_anchors, frozen_recipe
 from search.trial.build import build_context, make_objective
 from search.trial.locks import record_protocol
-
-
-class FailureCap:
-    """Optuna callback stopping the study after `limit` failed trials in a row (a `FailureStreak`)."""
-
-    def __init__(self, limit: int) -> None:
-        self.failures = FailureStreak(limit)
-        self.last_error = ""
-
-    @property
-    def tripped(self) -> bool:
-        """Whether the streak stopped the study."""
-        return self.failures.tripped
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.last_error = TrialRecord.of(trial).error or trial.state.name.lower()
-        if self.failures.see(trial.state == TrialState.FAIL):
-            study.stop()
 
 
 def run_study(
@@ -67,16 +41,12 @@ def run_study(
     enqueue_anchors(study, ctx.space, config, target)
     record_protocol(study, "local", workers)
     cap = FailureCap(max_consecutive_failures or config.search.max_consecutive_failures)
-    callbacks = [
-        StopAtBudget(target), cap, PruneArtifacts(artifact_store(config.run_dir)),
-    ]
+    listeners = (StopAtBudget(target), cap, PruneArtifacts(artifact_store(config.run_dir)))
     done = completed(study)
     if done < target:
-        if show_progress:
-            with StudyProgress(target, done, ctx.space.describe) as bar:
-                study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[*callbacks, bar])
-        else:
-            study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+        bar = StudyProgress(target, done, ctx.space.describe) if show_progress else None
+        with bar or contextlib.nullcontext():
+            study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[AfterTrial(*listeners, bar)])
     if cap.tripped:
         raise cap.failures.error(cap.last_error)
     return study

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from search.errors import UsageError
 from search.recipe.config import StudyConfig, validate_config
+from search.study.after_trial import AfterTrial
 from search.study.executors.base import EXECUTORS, ExecutorOptions
 from search.study.executors.inprocess import run_study
 from search.study.progress import StudyProgress
@@ -36,19 +37,21 @@ def _worker(recipe: dict, target: int, timeout: float | None, workers: int) -> N
 
 
 class StorageFollower:
-    """Feeds trials that finished in other processes to a progress callback, each once."""
+    """Feeds trials that finished in other processes to the after-trial listeners, each once, from one read of the
+    study per poll."""
 
-    def __init__(self, study: optuna.Study, callback: StudyProgress) -> None:
+    def __init__(self, study: optuna.Study, after_trial: AfterTrial) -> None:
         self.study = study
-        self.callback = callback
+        self.after_trial = after_trial
         self.seen = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
 
     def poll(self) -> None:
-        """Pass each newly finished trial of the study to the callback, in trial order."""
-        for trial in sorted(self.study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
+        """Pass each newly finished trial of the study to the listeners, in trial order."""
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in sorted((t for t in trials if t.state in FINISHED), key=lambda t: t.number):
             if trial.number not in self.seen:
                 self.seen.add(trial.number)
-                self.callback(self.study, trial)
+                self.after_trial(self.study, trial, trials)
 
 
 def run_workers(
@@ -71,7 +74,7 @@ def run_workers(
         futures = [pool.submit(_worker, recipe, target, timeout, workers) for _ in range(workers)]
         if show_progress:
             with StudyProgress(target, done, get_space(config.space.type).describe) as bar:
-                _wait(futures, StorageFollower(study, bar))
+                _wait(futures, StorageFollower(study, AfterTrial(bar)))
         else:
             _wait(futures, None)
     for future in futures:

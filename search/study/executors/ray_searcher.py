@@ -10,8 +10,8 @@ what a slimsearch run needs on top:
   that was killed go stale and are failed and retried (`search.study.recovery`);
 - a result without metrics fails its Optuna trial (or prunes it, when the result says `pruned`); the
   reason is on the trial's `error` attribute, set by the worker, or here if the worker died first;
-- a streak of failures, or the timeout, stops new trials; callbacks (progress, artifact pruning) see
-  each finished trial, as Optuna callbacks do in `Study.optimize`.
+- a streak of failures, or the timeout, stops new trials; the after-trial listeners (progress, artifact
+  pruning) see each finished trial, as they do in `Study.optimize` (`search.study.after_trial`).
 """
 
 from __future__ import annotations
@@ -19,21 +19,21 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.results.record import TrialRecord
-from search.study.executors.base import FailureStreak
+from search.study.after_trial import AfterTrial, FailureStreak
 from search.study.recovery import fail_dead_trials
 from search.study.storage import OBJECTIVES, completed
 
 TRIAL_ID = "optuna_trial_id"
 TRIAL_NUMBER = "optuna_trial_number"
+CANDIDATE = "candidate"  # the sampled candidate, as JSON
 PRUNED = "pruned"
 RECHECK_SECONDS = 1.0
 
@@ -44,14 +44,14 @@ class StudySearcher(Searcher):
     def __init__(
         self, searcher: OptunaSearch, study: optuna.Study, storage: RDBStorage, target: int,
         timeout: float | None = None, max_consecutive_failures: int = 5,
-        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
+        after_trial: AfterTrial | None = None,
     ) -> None:
         self.searcher = searcher
         self.study = study
         self.storage = storage
         self.target = target
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.callbacks = callbacks or []
+        self.after_trial = after_trial
         self.live: dict[str, int] = {}
         self.failures = FailureStreak(max_consecutive_failures)
         self._lock = threading.Lock()
@@ -99,15 +99,14 @@ class StudySearcher(Searcher):
                 TrialRecord.save_to(self.storage, optuna_id, error="the Ray worker ended without a result")
             self.searcher.on_trial_complete(trial_id, result=None, error=True)
         self.failures.see(not (scored or pruned))
-        frozen = self.storage.get_trial(optuna_id)
-        for callback in self.callbacks:
-            callback(self.study, frozen)
+        if self.after_trial is not None:
+            self.after_trial(self.study, self.storage.get_trial(optuna_id))
 
     def __getstate__(self) -> dict:
-        """What Tune pickles with its experiment: no lock, no callbacks."""
+        """What Tune pickles with its experiment: no lock, no after-trial listeners."""
         state = self.__dict__.copy()
         del state["_lock"]
-        state["callbacks"] = []
+        state["after_trial"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
