@@ -56,6 +56,16 @@ def tiny_space(config):
     return build_space(config, recipe_data(config))
 
 
+def test_a_table_built_for_an_auto_recipe_is_reused_by_its_other_studies(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLIMSEARCH_CACHE", str(tmp_path / "cache"))
+    recipe = write_recipe(tmp_path / "auto.yaml", tmp_path, **{"latency.table": "auto"})
+    assert main(["lut", "build", str(recipe), "--networks", "2"]) == 0
+    assert "for every study of this base, engine and device" in capsys.readouterr().out
+    run_study(load_config(recipe, ["name=another", "search.trials=1"]), show_progress=False)
+    said = capsys.readouterr().out
+    assert "latency table: reusing" in said and "measuring the units" not in said
+
+
 def test_table_has_every_unit_of_the_space_with_provenance(built):
     _, config, path = built
     data = json.loads(path.read_text())

@@ -19,7 +19,10 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.recipe.config import load_config
 from search.study.storage import open_study
+from search.trial.build import build_context
+from search.trial.suggest import OptunaSuggest
 from tests.test_compress_study import recipe as compress_recipe
+from tests.test_staircase import recipe as staircase_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +74,23 @@ def test_a_ray_compression_study_evaluates_its_anchor_policies_first(tmp_path, l
     assert [t.user_attrs.get("anchor", False) for t in trials] == [True, True, False, False]
     assert [(set(t.user_attrs["candidate"]["keep"].values()), t.user_attrs["candidate"]["precision"])
             for t in trials[:2]] == [({0.6}, "fp16"), ({0.6}, "int8")]
+
+
+def test_a_ray_study_samples_once_from_the_workers_latency_staircase(tmp_path, local_ray, monkeypatch):
+    monkeypatch.setenv("SLIMSEARCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "stairs.yaml"
+    path.write_text(json.dumps(staircase_recipe(tmp_path, search={"sampler": "random", "trials": 5, "anchors": 1})))
+    assert main(["run", str(path), "--executor", "ray", "--max-concurrent", "2", "--no-progress"]) == 0
+    config = load_config(path)
+    _, study = open_study(config.run_dir)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 5
+    policies = {t.user_attrs["candidate"]["policy"] for t in done}
+    assert policies == {"group", "latency_greedy"}  # the driver samples the policy that needs the table
+    space = build_context(config).space  # the table is cached now: the space the driver sampled from
+    for t in done:
+        assert not any(name.startswith("keep.") for name in t.params), t.params  # staircase widths, not ratios
+        assert t.user_attrs["candidate"] == space.sample(OptunaSuggest(optuna.trial.FixedTrial(t.params)))
 
 
 def test_ray_trials_that_fail_say_why_and_a_streak_stops_the_study(recipe_file, local_ray, capsys):

@@ -91,6 +91,11 @@ def run_build(args: argparse.Namespace) -> int:
     console.print(f"correction from {c.networks} whole networks: {c.intercept_ms:+.4f} ms {c.per_unit_ms:+.4f} ms/unit "
                   f"+ {c.scale:.3f} × Σ units ({fit})", highlight=False)
     console.print(f"wrote {out} ({len(t.entries)} entries)", highlight=False)
+    if args.out is None and config.latency.table == "auto":  # what the recipe's studies look for on this machine
+        from search.trial.staircase import keep_in_cache
+
+        console.print(f"kept in {keep_in_cache(config, space, backend, t)} for every study of this base, engine "
+                      "and device", highlight=False)
     if config.space.type == "compress":
         write_staircase(config, space, t, out.with_name("staircase.png"))
     say_coverage(report.table, space)

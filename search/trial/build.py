@@ -4,6 +4,10 @@ built through them (a compression space gets its trained base from its scoring's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from evaluators.latency import LatencyBackend
+from evaluators.latency.table import LatencyTable
 from evaluators.splits import DataBundle
 from search.errors import UsageError
 from search.recipe.config import StudyConfig
@@ -29,12 +33,23 @@ def build_space(config: StudyConfig, data: DataBundle) -> Space:
         raise UsageError(message if message.startswith("space.") else f"space: {message}") from None
 
 
-def build_context(config: StudyConfig) -> StudyContext:
-    """Load the data, instantiate the space for it, and open the latency backend."""
-    config.train.resolved_device()  # a GPU asked for where there is none stops the start, not every trial
-    data = recipe_data(config)
+@dataclass(frozen=True)
+class SamplingSpace:
+    """The space as the sampler sees it, and the latency table that predicts it (a compress space with a table
+    samples from the table's staircase). Built once per study run; the Ray driver ships it to its workers."""
+
+    space: Space
+    table: LatencyTable | None
+
+
+def sampling_space(config: StudyConfig, data: DataBundle, backend: LatencyBackend | None) -> SamplingSpace:
+    """The recipe's space for `data` with its latency table attached (`latency.table`, measured on `backend`,
+    which may be None only without one), and the staircase picture in the run directory."""
     space = build_space(config, data)
-    backend = make_backend(config.latency, config.run_dir / "tensorrt")
+    if config.latency.table is None:
+        return SamplingSpace(space, None)
+    if backend is None:
+        raise ValueError("a recipe with latency.table needs its backend to open the table")
     table = study_table(config, space, backend)
     if table is not None and config.space.type == "compress":
         stairs = attach(space, table)
@@ -42,7 +57,17 @@ def build_context(config: StudyConfig) -> StudyContext:
         if not png.is_file():
             plot_staircase(stairs, space.offered, png, f"{config.name}: latency staircase per group ({table.backend}, "
                                                        f"{table.device}, batch {table.batch_size})")
-    return StudyContext(config, data, space, backend, table)
+    return SamplingSpace(space, table)
+
+
+def build_context(config: StudyConfig, sampling: SamplingSpace | None = None) -> StudyContext:
+    """Load the data, open the latency backend and build the sampling space for them, or take the one a Ray
+    driver built (`sampling`)."""
+    config.train.resolved_device()  # a GPU asked for where there is none stops the start, not every trial
+    data = recipe_data(config)
+    backend = make_backend(config.latency, config.run_dir / "tensorrt")
+    sampling = sampling or sampling_space(config, data, backend)
+    return StudyContext(config, data, sampling.space, backend, sampling.table)
 
 
 def make_objective(ctx: StudyContext) -> Objective:

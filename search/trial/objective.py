@@ -49,10 +49,12 @@ class Objective:
         self.budget = LatencyBudget.from_config(ctx.config, ctx.space, ctx.table)
         self.attached = False
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.Trial, candidate: Candidate | None = None) -> tuple[float, float]:
+        """Evaluate the trial's candidate: `candidate` where the sampler already drew it on this trial (the Ray
+        driver), else drawn here."""
         record = TrialRecord()
         try:
-            return self._evaluate(trial, record)
+            return self._evaluate(trial, record, candidate)
         except Stopped:
             raise
         except optuna.TrialPruned as exc:
@@ -62,11 +64,12 @@ class Objective:
             record.save(trial, error=f"{type(exc).__name__}: {exc}")
             raise
 
-    def _evaluate(self, trial: optuna.Trial, record: TrialRecord) -> tuple[float, float]:
+    def _evaluate(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate | None) -> tuple[float, float]:
         seed = self.config.seed + root_number(trial)
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        candidate = self.space.sample(OptunaSuggest(trial))
+        if candidate is None:
+            candidate = self.space.sample(OptunaSuggest(trial))
         record.save(trial, candidate=candidate, **self.scoring.candidate_fields(candidate))
         torch.manual_seed(seed)  # a network trained from scratch starts from the same weights in any process
         model = self.space.build(candidate)

@@ -55,8 +55,8 @@ class RungObjective(Objective):
         self.fidelity = ctx.config.search.fidelity
         self.scoring.check_rungs(self.fidelity.rungs)
 
-    def _evaluate(self, trial: optuna.Trial, record: TrialRecord) -> tuple[float, float]:
-        values = super()._evaluate(trial, record)
+    def _evaluate(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate | None) -> tuple[float, float]:
+        values = super()._evaluate(trial, record, candidate)
         if record.stopped and not record.at_top and self.fidelity.report == "top":
             raise Stopped(record.stopped)
         return values

@@ -65,6 +65,15 @@ def cache_path(key: dict[str, object]) -> Path:
     return cache_dir() / f"{key['space']}-{digest}.json"
 
 
+def keep_in_cache(config: StudyConfig, space: Space, backend: LatencyBackend, table: LatencyTable) -> Path:
+    """Save `table` in the machine cache, where every study of the same base, engine and device finds it."""
+    key = cache_key(config, space, backend)
+    table.meta["cache_key"] = key
+    path = cache_path(key)
+    table.save(path)
+    return path
+
+
 def study_table(
     config: StudyConfig, space: Space, backend: LatencyBackend, say: Callable[[str], None] = print,
 ) -> LatencyTable | None:
@@ -90,30 +99,31 @@ def study_table(
                 "once per machine and engine")
             with StepProgress(f"latency table of {config.name}", "measurements") as step:
                 report = build_table(config, space, backend, networks=16, seed=config.seed, progress=step)
-            report.table.meta["cache_key"] = key
-            report.table.save(cached)
+            cached = keep_in_cache(config, space, backend, report.table)
             say(f"latency table: {report.measured} units and {report.table.correction.networks} networks in "
                 f"{report.seconds:.0f} s, kept in {cached}")
         shutil.copyfile(cached, run_file)
         return load_table(run_file, backend, lat.precision, lat.batch_size)
 
 
-def predictor(table: LatencyTable) -> Callable[[list[dict]], float]:
-    """A network's predicted latency (ms) from its units; a unit missing from the table is a UsageError."""
+class TablePredictor:
+    """A network's predicted latency (ms) from its units; a unit missing from the table is a UsageError. A class,
+    not a closure, so a space that predicts with it can be pickled (the Ray driver ships it to its workers)."""
 
-    def predict(units: list[dict]) -> float:
-        p = table.predict(units)
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+
+    def __call__(self, units: list[dict]) -> float:
+        p = self.table.predict(units)
         if p.ms is None:
             raise UsageError(f"the latency table has no entry for {p.missing[0]} (and {len(p.missing) - 1} more); "
                              "rebuild it with `slimsearch lut build`")
         return p.ms
 
-    return predict
-
 
 def staircase(space: Space, table: LatencyTable) -> Stairs:
     """Group → (width, predicted network latency) at every width the group can take, the other groups whole."""
-    predict = predictor(table)
+    predict = TablePredictor(table)
     choices = space.width_choices()
     full = {g: ws[-1] for g, ws in choices.items()}
     return {g: [(w, predict(policy_units(space.layers, {**full, g: w}))) for w in ws] for g, ws in choices.items()}
@@ -138,7 +148,7 @@ def lower_edges(stairs: Stairs, tolerance: float = TOLERANCE) -> dict[str, list[
 def attach(space: Space, table: LatencyTable) -> Stairs:
     """Give a compress space the table's staircase and predictor; returns the staircase."""
     stairs = staircase(space, table)
-    space.use_staircase(lower_edges(stairs), predictor(table))
+    space.use_staircase(lower_edges(stairs), TablePredictor(table))
     return stairs
 
 

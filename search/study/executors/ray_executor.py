@@ -28,7 +28,8 @@ from search.errors import UsageError
 from search.recipe.config import StudyConfig, validate_config
 from search.results.artifacts import PruneArtifacts, artifact_store
 from search.results.record import TrialRecord
-from search.study.executors.ray_searcher import PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
+from search.study.after_trial import AfterTrial
+from search.study.executors.ray_searcher import CANDIDATE, PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
 from search.study.progress import StudyProgress
 from search.study.samplers import make_sampler
 from search.study.storage import (
@@ -41,8 +42,8 @@ from search.study.storage import (
     open_for_run,
     storage_url,
 )
-from search.trial.build import build_context, build_space, make_objective
-from search.trial.context import recipe_data
+from search.trial.build import SamplingSpace, build_context, make_objective, sampling_space
+from search.trial.context import make_backend, recipe_data
 from search.trial.locks import record_protocol
 from search.trial.objective import Objective
 from search.trial.suggest import OptunaSuggest
@@ -53,21 +54,22 @@ _OBJECTIVES: dict[str, Objective] = {}
 
 
 class CandidateSpace:
-    """The define-by-run space handed to `OptunaSearch`: samples a candidate on the Optuna trial and
-    returns which Optuna trial it is, so the Tune trial can evaluate that very trial."""
+    """The define-by-run space handed to `OptunaSearch`: samples a candidate on the Optuna trial and returns it
+    with which Optuna trial it is, so the Tune trial evaluates that very candidate of that very trial."""
 
     def __init__(self, space: Space) -> None:
         self.space = space
 
-    def __call__(self, trial: optuna.Trial) -> dict[str, int]:
-        self.space.sample(OptunaSuggest(trial))
-        return {TRIAL_ID: trial._trial_id, TRIAL_NUMBER: trial.number}
+    def __call__(self, trial: optuna.Trial) -> dict[str, object]:
+        candidate = self.space.sample(OptunaSuggest(trial))
+        return {TRIAL_ID: trial._trial_id, TRIAL_NUMBER: trial.number, CANDIDATE: json.dumps(candidate)}
 
 
-def evaluate(config: dict, recipe: dict, threads: int) -> dict[str, object]:
-    """One Tune trial, on a Ray worker: evaluate the Optuna trial the driver asked for. Returns its metrics,
-    or no metrics when it failed or was pruned (the reason is on the Optuna trial's `error` attribute).
-    The storage and the objective (data, space, backend) are built once per worker process, for its next trials."""
+def evaluate(config: dict, recipe: dict, threads: int, sampling: SamplingSpace) -> dict[str, object]:
+    """One Tune trial, on a Ray worker: evaluate the candidate the driver sampled on its Optuna trial. Returns its
+    metrics, or no metrics when it failed or was pruned (the reason is on the Optuna trial's `error` attribute).
+    The storage and the objective (data, backend, and the driver's space and latency table) are built once per
+    worker process, for its next trials."""
     study_config = validate_config(recipe, "recipe")
     key = json.dumps(recipe, sort_keys=True)
     if key not in _STORAGES:
@@ -78,7 +80,7 @@ def evaluate(config: dict, recipe: dict, threads: int) -> dict[str, object]:
     trial = optuna.Trial(study, config[TRIAL_ID])
     try:
         if key not in _OBJECTIVES:
-            ctx = build_context(study_config)
+            ctx = build_context(study_config, sampling)
             _OBJECTIVES[key] = make_objective(ctx)
         objective = _OBJECTIVES[key]
         check_backend(study, objective.backend, study_config.latency.precision)
@@ -88,7 +90,7 @@ def evaluate(config: dict, recipe: dict, threads: int) -> dict[str, object]:
         return {"error": reason}
     torch.set_num_threads(threads)
     try:
-        accuracy, latency_ms = objective(trial)
+        accuracy, latency_ms = objective(trial, json.loads(config[CANDIDATE]))
     except optuna.TrialPruned as exc:
         return {PRUNED: str(exc)}
     except Exception as exc:
@@ -160,6 +162,21 @@ def tune_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _sampling_space(config: StudyConfig) -> SamplingSpace:
+    """The space the driver samples from and ships to the workers, built here once: a compression study's base is
+    prepared once, and with a latency table the driver samples from the same staircase the workers score."""
+    backend = None
+    if config.latency.table is not None:
+        try:
+            backend = make_backend(config.latency, config.run_dir / "tensorrt")
+        except UsageError as exc:
+            raise UsageError(
+                f"{exc}. With latency.table the Ray driver opens the table on this engine (the space samples from "
+                "it): run the driver where the latency backend runs"
+            ) from None
+    return sampling_space(config, recipe_data(config), backend)
+
+
 def _tune(
     config: StudyConfig, study: optuna.Study, target: int, timeout: float | None, show_progress: bool,
     cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_consecutive_failures: int,
@@ -169,7 +186,8 @@ def _tune(
     concurrent = max_concurrent or max(1, int(cluster_cpus // cpus_per_trial))
     record_protocol(study, "ray", concurrent, address=address or "local", cpus_per_trial=cpus_per_trial,
                     gpus_per_trial=gpus_per_trial)
-    space = build_space(config, recipe_data(config))
+    sampling = _sampling_space(config)
+    space = sampling.space
     enqueue_anchors(study, space, config, target)
     storage = make_storage(storage_url(config), config.search.heartbeat_interval)
     optuna_search = OptunaSearch(
@@ -178,15 +196,15 @@ def _tune(
         sampler=make_sampler(config), storage=storage, study_name=config.name,
     )
     progress = StudyProgress(target, completed(study), space.describe) if show_progress else None
-    callbacks = [PruneArtifacts(artifact_store(config.run_dir)), *([progress] if progress else [])]
-    searcher = StudySearcher(optuna_search, study, storage, target, timeout, max_consecutive_failures, callbacks)
+    after_trial = AfterTrial(PruneArtifacts(artifact_store(config.run_dir)), progress)
+    searcher = StudySearcher(optuna_search, study, storage, target, timeout, max_consecutive_failures, after_trial)
     run_dir = config.run_dir.resolve()
     # Ray workers run in their own working directory (another machine, even): give them absolute paths.
     worker_recipe = config.model_copy(
         update={"output_dir": str(run_dir.parent), "storage": storage_url(config)}
     ).dump()
     threads = config.train.threads or max(1, int(cpus_per_trial))
-    trainable = tune.with_parameters(evaluate, recipe=worker_recipe, threads=threads)
+    trainable = tune.with_parameters(evaluate, recipe=worker_recipe, threads=threads, sampling=sampling)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         tune_config=tune.TuneConfig(
