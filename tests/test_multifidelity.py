@@ -50,11 +50,14 @@ def test_candidates_are_ordered_by_front_then_hypervolume_contribution():
     assert [p.trial for p in promotion_order(pts)] == [1, 2, 0, 3]
 
 
-def rung_study(results: list[tuple[float, float]], promoted: tuple[int, ...] = ()) -> optuna.Study:
-    """A study whose trials have a rung-0 result each (accuracy, latency); `promoted` are at rung 1."""
+def rung_study(results: list[tuple[float, float]], promoted: tuple[int, ...] = (),
+               anchors: tuple[int, ...] = ()) -> optuna.Study:
+    """A study whose trials have a rung-0 result each (accuracy, latency); `promoted` are at rung 1, `anchors` are
+    the recipe's anchor policies."""
     study = optuna.create_study(directions=["maximize", "minimize"])
     for i, (acc, lat) in enumerate(results):
-        attrs = {"rungs": [{"rung": 0, "accuracy": acc}], "latency": {"median_ms": lat}, "rung": int(i in promoted)}
+        attrs = {"rungs": [{"rung": 0, "accuracy": acc}], "latency": {"median_ms": lat}, "rung": int(i in promoted),
+                 "anchor": i in anchors}
         study.add_trial(create_trial(state=TrialState.RUNNING, params={"x": float(i)},
                                      distributions={"x": FloatDistribution(0, 99)}, user_attrs=attrs))
     return study
@@ -70,6 +73,14 @@ def test_the_best_one_in_eta_of_a_rung_is_promoted_and_a_full_rung_takes_no_more
     full = rung_study([(0.5, 1.0), (0.9, 1.0)], promoted=(0,))
     capped = FidelityConfig(rungs=[0, 1], eta=2, max_per_rung=[None, 1])
     assert not decide(full, 1, 0, capped).promote and "rung 1 is full" in decide(full, 1, 0, capped).reason
+
+
+def test_an_anchor_policy_goes_on_whatever_its_place_at_the_rung():
+    results = [(0.6, 1.0), (0.2, 0.5), (0.7, 2.0)]  # #2 is third of three: only the best one would go on
+    cfg = FidelityConfig(rungs=[0, 1], eta=3)
+    assert not decide(rung_study(results), 2, 0, cfg).promote
+    decision = decide(rung_study(results, anchors=(2,)), 2, 0, cfg)
+    assert decision.promote and decision.reason == "placed 3 of 3 at rung 0, an anchor"
 
 
 def test_a_study_scores_in_rungs_and_its_front_holds_top_rung_candidates_only(tmp_path, capsys):

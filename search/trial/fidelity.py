@@ -4,7 +4,9 @@ A candidate that has been scored at rung r is compared, there and then, with eve
 that has reached rung r so far (running ones included; no worker waits for a rung to fill, as in ASHA). They
 are sorted by non-dominated sorting on (accuracy at rung r, latency) — the first front, then the front of what
 is left, and so on — and within a front by hypervolume contribution, largest first. The candidate is promoted
-when it is among the first max(1, ⌊n/η⌋) of the n in that order, and the next rung is not full.
+when it is among the first max(1, ⌊n/η⌋) of the n in that order, and the next rung is not full. The recipe's
+anchor policies go on whatever their place: they are the references a study's front must not fall behind, and
+an early rung's quota, small while few candidates have been scored, would otherwise stop them.
 
 Why hypervolume contribution breaks the ties: the study is judged by the hypervolume of its final front, and a
 point's contribution is exactly the area the front would lose without it. Crowding distance (NSGA-II) would
@@ -107,9 +109,10 @@ def decide(study: optuna.Study, trial_number: int, rung: int, cfg: FidelityConfi
         return Decision(False, f"not among the feasible candidates of rung {rung}")
     quota = max(1, math.floor(len(points) / cfg.eta))
     place = order.index(trial_number) + 1
-    if place > quota:
+    anchor = any(t.number == trial_number and TrialRecord.of(t).anchor for t in trials)
+    if place > quota and not anchor:
         return Decision(False, f"placed {place} of {len(points)} at rung {rung}; the best {quota} (1/{cfg.eta:g}) go on")
     cap = cfg.cap(rung + 1)
     if cap is not None and entered(trials, rung + 1) >= cap:
         return Decision(False, f"rung {rung + 1} is full ({cap} candidates, search.fidelity.max_per_rung)")
-    return Decision(True, f"placed {place} of {len(points)} at rung {rung}")
+    return Decision(True, f"placed {place} of {len(points)} at rung {rung}" + (", an anchor" if anchor else ""))
