@@ -1,7 +1,7 @@
 """Hardware-aware compression on a trained base: methods compared at measured speed-up targets on the study's engine.
 
 On the recipe's base and engine (default: the shared ResNet-56 on CIFAR-10, ONNX Runtime, 1 thread, batch 1):
-1. the per-layer latency table (built once, cached) and its predictor checked on held-out random policies
+1. the per-layer latency table (built once, cached) and its predictor checked on the recipe's own candidates
    (MAPE, Spearman), the staircase of every group (PNG) with measured points for three groups;
 2. at each speed-up target, measured interleaved with the base: uniform L1 pruning at its best rounding (round_to
    4, 8 or 16), Torch-Pruning's global L1 pruning (MetaPruner, ratio bisected to the target), the latency-aware
@@ -34,13 +34,13 @@ from evaluators.cost import measure_cost  # noqa: E402
 from evaluators.latency.timing import interleaved  # noqa: E402
 from evaluators.to_onnx import export_onnx  # noqa: E402
 from evaluators.train import FineTune, evaluate, placed, recalibrate_bn  # noqa: E402
+from search.latency.staircase import lower_edges, plot_staircase, staircase  # noqa: E402
+from search.latency.tables import check_study_table  # noqa: E402
 from search.recipe.config import load_config  # noqa: E402
 from search.results.record import TrialRecord  # noqa: E402
 from search.study.executors.inprocess import run_study  # noqa: E402
 from search.trial.build import build_context  # noqa: E402
-from search.trial.lut import check_table  # noqa: E402
 from search.trial.scoring.scoring import train_settings  # noqa: E402
-from search.trial.staircase import lower_edges, plot_staircase, staircase  # noqa: E402
 from spaces.compress import compress  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=18, help="completed trials of the searched study")
     parser.add_argument("--study-epochs", type=float, default=0.2, help="the study's per-candidate fine-tune")
     parser.add_argument("--finetune-epochs", type=float, default=0.5, help="every chosen network's fine-tune")
-    parser.add_argument("--check", type=int, default=30, help="held-out random policies for the predictor check")
+    parser.add_argument("--check", type=int, default=30, help="the recipe's candidates for the predictor check")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tag", default="resnet56-ort", help="names the output files and the RESULTS section")
     args = parser.parse_args()
@@ -114,11 +114,12 @@ def main() -> None:
                                            f"search.fidelity={{rungs: [0, {args.study_epochs:g}], eta: 3}}",
                                            *args.overrides])
         ctx = build_context(config)
-        space, table, backend, data = ctx.space, ctx.table, ctx.backend, ctx.data
+        space, table, backend, data = ctx.space, ctx.predictor.table, ctx.backend, ctx.data
         lat = config.latency
-        print(f"table: {len(table.entries)} units, built in {table.meta.get('build_seconds')} s", flush=True)
-        report = check_table(config, space, table, backend, samples=args.check)
-        print(f"predictor on {args.check} held-out policies: MAPE {report.mape:.2f}%, Spearman {report.spearman:.3f}",
+        print(f"table: {len(table.entries)} units, built in {table.protocol.get('seconds')} s", flush=True)
+        report = check_study_table(config, space, table, backend, samples=args.check)
+        print(f"predictor on {args.check} of the recipe's candidates: speed-up MAPE {report.mape:.2f}%, Spearman "
+              f"{report.spearman:.3f}",
               flush=True)
         stairs = staircase(space, table)
         shown_groups = [space.groups[0].name, space.groups[len(space.groups) // 2].name, space.groups[-1].name]
@@ -129,7 +130,8 @@ def main() -> None:
             for w, _ in stairs[g]:
                 keep = {**{k: 1.0 for k in full}, g: w / full[g]}
                 net = compress(space.base, space.example_input, keep=keep, round_to=config.space.round_to)
-                points.append((w, backend.measure(net, data.input_shape, lat.precision, lat.batch_size).median_ms))
+                ms = backend.measure(net, data.input_shape, lat.precision, lat.batch_size).median_ms
+                points.append((w, ms / ctx.predictor.reference_ms))  # in the table's reference units
             measured[g] = points
         png = plot_staircase(stairs, lower_edges(stairs), OUT / f"staircase-{args.tag}.png",
                              f"{config.space.base.model} on {table.backend} {table.device}, batch {table.batch_size}: "
@@ -202,7 +204,7 @@ def main() -> None:
     b = timing["base"]
     summary = {
         "base_test": base_test, "base_ms": b.median_ms, "table_units": len(table.entries),
-        "table_build_s": table.meta.get("build_seconds"), "predictor_mape": report.mape,
+        "table_build_s": table.protocol.get("seconds"), "predictor_mape": report.mape,
         "predictor_spearman": report.spearman, "check_policies": args.check, "study_trials": len(trials),
         "study_screened": screened, "study_s": study_s, "results": results, "wall_s": time.perf_counter() - t_start,
     }
@@ -210,9 +212,9 @@ def main() -> None:
     body = (
         f"Base `{config.space.base.model}` from `{config.space.base.checkpoint}`: test {base_test:.4f}, "
         f"{b.median_ms:.3f} ms on {table.backend} {table.backend_version}, {table.device}, batch {lat.batch_size}.\n"
-        f"Latency table: {len(table.entries)} conv/linear units and {table.correction.networks} whole networks, built in "
-        f"{table.meta.get('build_seconds')} s; predictor on {args.check} held-out random policies: "
-        f"MAPE {report.mape:.2f}%, Spearman {report.spearman:.3f}. Staircase: `{shown(png)}`.\n"
+        f"Latency table: {len(table.entries)} conv/linear units and {table.model.networks} whole networks, built in "
+        f"{table.protocol.get('seconds')} s; predictor on {args.check} of the recipe's candidates: "
+        f"speed-up MAPE {report.mape:.2f}%, Spearman {report.spearman:.3f}. Staircase: `{shown(png)}`.\n"
         f"Searched: `{shown(args.recipe)}` with constraints.speedup {min(args.targets):g}, {len(trials)} trials "
         f"({screened} screened untrained by predicted speed-up), {args.study_epochs:g}-epoch fine-tune per trial, "
         f"{study_s:.0f} s. Every network below: adaptive BN, then {args.finetune_epochs:g} epoch distilled from the "

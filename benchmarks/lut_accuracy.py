@@ -1,97 +1,106 @@
-"""How well does a latency table predict end-to-end latency, and how much faster is predicting than measuring?
+"""Can a latency table be trusted on this machine, on a busy machine, and later on?
 
-Builds a latency table for a recipe's `blocks` space on its backend (every unit configuration, or the units
-of sampled candidates past `--max-configs`), fits the per-network correction on a few whole networks, then
-samples other candidates and compares predicted with measured latency: MAPE, Spearman, and the time of one
-prediction against one measurement. The sum of isolated unit latencies without the correction is reported
-too, to show what the correction buys.
+Builds the recipe's latency table (units relative to the reference kernel, the model fitted on whole networks drawn
+as the study draws them, its self-check on held-out ones) unless one exists at `--table`, then runs `--checks`
+checks of `--samples` of the recipe's own candidates, each predicted and measured interleaved with the reference
+network (a compression recipe's base): the error of the predicted speed-up (MAPE, max, Spearman) and of ms scaled
+from it, with the spread of the measurements and the machine's load. `--burner` runs a CPU burner on one core during
+the checks. Each run adds rows to the section of its recipe, so checks made an hour later, or under load, sit beside
+the first ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.latency_repeatability import load_note  # noqa: E402
-from benchmarks.results import markdown_table, shown, variant_name, write_section  # noqa: E402
-from evaluators.latency.table import mape, spearman  # noqa: E402
+from benchmarks.results import command_line, markdown_table, shown, variant_name, write_section  # noqa: E402
+from evaluators.latency.table import LatencyTable  # noqa: E402
+from search.latency.tables import build_study_table, check_study_table, open_table  # noqa: E402
 from search.recipe.config import load_config  # noqa: E402
 from search.trial.build import build_space  # noqa: E402
 from search.trial.context import make_backend, recipe_data  # noqa: E402
-from search.trial.lut import build_table, check_table  # noqa: E402
+from search.trial.steps import StepProgress  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK_SPACE = [
-    "space.blocks=[conv, dwsep, mbconv]",
-    "space.stem_width=[16, 16]",
-    "space.round_to=16",
-    "space.stages=[{stride: 1, width: [16, 32], depth: [1, 2]}, {stride: 2, width: [32, 64], depth: [1, 2]}]",
-    "space.options={conv: {kernel_size: [3]}, dwsep: {kernel_size: [3, 5]}, mbconv: {kernel_size: [3], "
-    "expand_ratio: [3, 6]}}",
-]
+OUT = ROOT / "benchmarks"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--recipe", type=Path, default=ROOT / "studies/digits_blocks.yaml")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "studies/cifar10_resnet56_cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--max-configs", type=int, default=2000)
-    parser.add_argument("--samples", type=int, default=200,
-                        help="candidates whose units are measured past --max-configs")
-    parser.add_argument("--networks", type=int, default=12, help="whole networks for the correction")
-    parser.add_argument("--check", type=int, default=30, help="candidates to predict and measure")
-    parser.add_argument("--quick", action="store_true",
-                        help="a narrowed space (conv/dwsep/mbconv, two stages, widths in steps of 16), 15 checks")
+    parser.add_argument("--table", type=Path, help="the table to check (built there first where it does not exist)")
+    parser.add_argument("--checks", type=int, default=3, help="checks of the same candidates, one after the other")
+    parser.add_argument("--samples", type=int, default=30, help="the recipe's candidates per check")
+    parser.add_argument("--burner", action="store_true", help="a CPU burner on one core during the checks")
     args = parser.parse_args()
-    overrides = list(args.overrides)
-    if args.quick:
-        overrides = QUICK_SPACE + overrides
-        args.check, args.networks = 15, 8
-    config = load_config(args.recipe, overrides)
+    config = load_config(args.recipe, args.overrides)
     space = build_space(config, recipe_data(config))
     backend = make_backend(config.latency)
-    t0 = time.perf_counter()
-    report = build_table(config, space, backend, max_configs=args.max_configs, samples=args.samples,
-                         networks=args.networks, seed=config.seed)
-    build_s = time.perf_counter() - t0
-    table = report.table
-    check = check_table(config, space, table, backend, samples=args.check)
-    known = [r for r in check.rows if r.predicted_ms is not None]
-    measured = [r.measured_ms for r in known]
-    raw = [r.units_ms for r in known]
-    predict_ms = 1e3 * sum(r.predict_s for r in check.rows) / len(check.rows)
-    measure_s = sum(r.measure_s for r in check.rows) / len(check.rows)
-    c = table.correction
-    rows = [
-        {"predictor": "table + correction", "MAPE": f"{check.mape:.1f}%", "Spearman": f"{check.spearman:.3f}"},
-        {"predictor": "Σ isolated units (no correction)", "MAPE": f"{mape(raw, measured):.1f}%",
-         "Spearman": f"{spearman(raw, measured):.3f}"},
-    ]
-    out = markdown_table(rows)
-    facts = markdown_table([{
-        "backend": f"{table.backend} {table.backend_version}", "device": table.device,
-        "input": "×".join(map(str, (space.in_channels, space.image_size, space.image_size))),
-        "units measured": report.measured, "table build s": f"{build_s:.0f}",
-        "correction": f"{c.intercept_ms:+.4f} ms {c.per_unit_ms:+.4f} ms/unit + {c.scale:.3f}×Σ ({c.networks} nets)",
-        "checked": f"{len(known)} of {len(check.rows)}",
-        "measured latency range ms": f"{min(measured):.4f} – {max(measured):.4f}",
-        "predict ms / candidate": f"{predict_ms:.3f}", "measure s / candidate": f"{measure_s:.2f}",
-    }])
-    print(out)
-    print(facts)
-    space_note = "the narrowed quick space (" + "; ".join(f"`{o}`" for o in QUICK_SPACE) + ")" if args.quick else (
-        "the recipe's space")
-    extra = "".join(f" {o}" for o in args.overrides)
-    body = (f"Recipe `{shown(args.recipe)}` with {space_note}{extra and ' and' + extra}; "
-            f"table coverage: {report.coverage}. "
-            f"Checked on {args.check} candidates sampled with other seeds than the correction's networks.\n\n"
-            f"{out}\n\n{facts}\n\n{load_note()}")
-    key = "lut_accuracy" + (f"-{variant_name(args.recipe, args.overrides)}" if args.overrides else "")
-    write_section(key, f"Latency table accuracy{extra and ':' + extra}", body)
+    lat = config.latency
+    path = args.table or OUT / f"lut-{variant_name(args.recipe, args.overrides)}.json"
+    if not path.is_file():
+        with StepProgress("lut build", "measurements") as step:
+            report = build_study_table(config, space, backend, seed=config.seed, progress=step)
+        report.table.save(path)
+    table = open_table(path, backend, lat.precision, lat.batch_size)
+    built = dt.datetime.fromisoformat(table.protocol["created"])
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.burner else None
+    rows = []
+    try:
+        for i in range(args.checks):
+            with StepProgress(f"check {i + 1}/{args.checks}", "candidates") as step:
+                t0 = time.perf_counter()
+                check = check_study_table(config, space, table, backend, samples=args.samples, progress=step)
+            after = (dt.datetime.now() - built).total_seconds() / 60
+            rows.append({
+                "check": f"{i + 1}/{args.checks}", "minutes after build": f"{after:.0f}",
+                "burner": "yes" if burner else "no", "others (cores)": f"{check.load['others_cores']:.2f}",
+                "candidates": len(check.rows), "speed-up MAPE": f"{check.mape:.2f}%",
+                "max error": f"{check.max_error:.1f}%", "Spearman": f"{check.spearman:.3f}",
+                "ms MAPE": f"{check.ms_mape:.2f}%", "spread": f"{100 * check.spread:.1f}%",
+                "s": f"{time.perf_counter() - t0:.0f}",
+            })
+            print(rows[-1], flush=True)
+            dump = OUT / f"lut-{variant_name(args.recipe, args.overrides)}-check.json"
+            dump.write_text(json.dumps([r.__dict__ for r in check.rows], indent=1))
+    finally:
+        if burner:
+            burner.kill()
+    write(args, config.name, table, path, rows)
+
+
+def write(args: argparse.Namespace, name: str, table: LatencyTable, path: Path, rows: list[dict]) -> None:
+    """Add the rows, with the command that made them, to the runs kept for this table, and write the recipe's section
+    of RESULTS.md from all of them under a line on how the table was built."""
+    variant = variant_name(args.recipe, args.overrides)
+    runs_file = OUT / f"lut-{variant}-runs.json"
+    runs = json.loads(runs_file.read_text()) if runs_file.is_file() else []
+    runs = [r for r in runs if r.get("table_created") == table.protocol["created"]]  # rows of this table only
+    runs += [{**r, "table_created": table.protocol["created"], "command": command_line()} for r in rows]
+    runs_file.write_text(json.dumps(runs, indent=1))
+    check, p, m = table.check, table.protocol, table.model
+    head = (f"Table `{shown(path)}` ({len(table.entries)} units: {table.meta.get('coverage')}), built "
+            f"{p['created']} in {p['seconds']:.0f} s on {table.backend} {table.backend_version}, {table.device}, batch "
+            f"{table.batch_size}; other processes during the build: {p['load']['others_cores']:.2f} cores. Model from "
+            f"{m.networks} networks: reference units = `{m.describe()}` (leave-one-out speed-up error "
+            f"{m.loo_mape or 0:.1f}%); self-check on {check.networks if check else 0} held-out networks: speed-up MAPE "
+            f"{check.mape if check else 0:.1f}%, Spearman {check.spearman if check else 0:.3f}. Each check below "
+            f"predicts and measures {args.samples} of the recipe's own candidates (drawn as its study draws them), "
+            "every one timed interleaved with the base; `spread` is the median range of the per-round speed-ups.")
+    commands = sorted({r["command"] for r in runs})
+    shown_rows = [{k: v for k, v in r.items() if k not in ("table_created", "command")} for r in runs]
+    body = head + "\n\n" + markdown_table(shown_rows) + "\n\nCommands: " + ", ".join(f"`{c}`" for c in commands)
+    write_section(f"lut-accuracy-{variant}", f"Latency table accuracy: {name}", body)
+    print(body)
 
 
 if __name__ == "__main__":

@@ -61,14 +61,12 @@ def score(ctx: StudyContext, scoring: Scoring, candidate: Candidate, fidelities:
 
 def speedups(ctx: StudyContext, candidates: list[Candidate]) -> list[float]:
     """Each candidate's speed-up over the base predicted by the study's latency table."""
-    space, table = ctx.space, ctx.table
-    base_ms = space.predicted_base_ms()
-    return [base_ms / table.predict(space.units(c)).ms for c in candidates]
+    return [ctx.predictor.predict(c).speedup for c in candidates]
 
 
 def spanning(ctx: StudyContext, n: int, low: float, high: float, pool: int = 600) -> list[Candidate]:
     """`n` candidates whose predicted speed-ups lie closest to `n` targets log-evenly spaced over [low, high]."""
-    if ctx.table is None:
+    if ctx.predictor is None:
         raise SystemExit("--speedup needs a recipe with a latency table (latency.table)")
     drawn = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(pool)]
     speed = speedups(ctx, drawn)
@@ -148,7 +146,7 @@ def measure(args: argparse.Namespace, config, fidelities: list[float]) -> dict:
         candidates = spanning(ctx, args.candidates, *args.speedup)
     else:
         candidates = [ctx.space.sample(RandomSuggest(1000 + i)) for i in range(args.candidates)]
-    predicted = speedups(ctx, candidates) if ctx.table is not None else [None] * len(candidates)
+    predicted = speedups(ctx, candidates) if ctx.predictor is not None else [None] * len(candidates)
     run = {"fidelities": fidelities, "predicted_speedup": predicted, "scores": {str(f): [] for f in fidelities},
            "candidates": candidates, "seconds": 0.0}
     started = time.perf_counter()

@@ -22,8 +22,9 @@ class Space:
 
     - `describe(candidate)`: one line for tables (default: the candidate as compact JSON);
     - `anchors(levels)`: Optuna parameters of candidates a new study evaluates first (default: none);
-    - `units(candidate)`, `all_units()`, `unit_module(unit)`: a candidate's units (what a latency table is keyed
-      by), every unit the space can produce, and the module of one — where `lists_units` says it has them;
+    - `units(candidate)`, `all_units()`, `unit_module(unit)`, `reference_candidate()`: a candidate's units (what a
+      latency table is keyed by), every unit the space can produce, the module of one, and the network whose
+      latency every other is compared with (a compression space's base) — where `lists_units` says it has them;
     - `teacher`: a trained network candidates may distil from (default: none); `teacher_for(candidate)`: the one
       that candidate distils from (default: `teacher`).
     """
@@ -53,6 +54,9 @@ class Space:
         raise NotImplementedError(f"the {self.name!r} space does not list its units")
 
     def all_units(self) -> Iterator[Unit]:
+        raise NotImplementedError(f"the {self.name!r} space does not list its units")
+
+    def reference_candidate(self) -> Candidate:
         raise NotImplementedError(f"the {self.name!r} space does not list its units")
 
     @staticmethod

@@ -106,11 +106,11 @@ def measure_onnx(args: argparse.Namespace) -> list[tuple[str, LatencyStats]]:
 
 def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[tuple[str, Any]], tuple[int, int, int]]:
     """(label, nn.Module) pairs to time, and the input shape of one image."""
+    from search.latency.tables import drawn_candidates
     from search.results.record import TrialRecord
     from search.study.storage import open_study
     from search.trial.build import build_space
     from search.trial.context import recipe_data
-    from search.trial.lut import sample_candidates
     from spaces import get_space
 
     shape = parse_shape(args.input_shape)
@@ -139,7 +139,7 @@ def recipe_models(args: argparse.Namespace, config: StudyConfig) -> tuple[list[t
     if args.candidates < 1:
         raise UsageError(f"--candidates {args.candidates}: expected at least 1")
     models = []
-    for i, candidate in enumerate(sample_candidates(space, args.candidates, args.seed)):
+    for i, candidate in enumerate(drawn_candidates(space, args.candidates, args.seed, {"policy": "group"})):
         label = f"seed {args.seed + i}: {space.describe(candidate)}"
         models.append((label, space.build(candidate)))
     return models, shape

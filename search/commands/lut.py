@@ -1,4 +1,4 @@
-"""`slimsearch lut build|check`: a latency table measured on this machine, and how well it predicts."""
+"""`slimsearch lut build|check`: a latency table measured on this machine, and how well it predicts speed-ups."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from search.commands.common import add_recipe_args, console, recipe_from_args
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
     from search.recipe.config import StudyConfig
     from spaces import Space
 
-TABLE_FILE = "latency_table.json"  # search.trial.staircase.TABLE_FILE, named here so --help needs no engine
+TABLE_FILE = "latency_table.json"  # search.latency.tables.TABLE_FILE, named here so --help needs no engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,38 +26,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lut", help="build a latency table of a blocks or compress space on this machine, or check its predictions",
         description="Latency tables, keyed by block type (or conv / linear layer), input and output shapes, stride "
-        "and options, measured on the recipe's latency backend. `build` measures the units (for a compress recipe: "
-        "every conv of the base at every pair of widths a policy can give it, and the staircase picture), `check` "
-        "compares predicted and measured end-to-end latency of sampled candidates.",
+        "and options, measured on the recipe's latency backend relative to a reference kernel timed beside each "
+        "unit, so they survive the machine's drift. `build` measures the units (a compress recipe: every conv of "
+        "the base at every pair of widths a policy can give it, and the staircase picture), fits the network model "
+        "and checks itself on networks it was not fitted on; `check` compares predicted and measured speed-ups of "
+        "candidates drawn as the study draws them, each timed interleaved with the reference network (the base).",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = actions.add_parser("build", help="measure every unit configuration of the space (or of sampled candidates)")
     add_recipe_args(b)
     b.add_argument("--out", type=Path, help=f"table file (default: RUN_DIR/{TABLE_FILE})")
+    b.add_argument("--force", action="store_true", help="rebuild a table that already exists at --out")
     b.add_argument("--max-configs", type=int, default=2000,
                    help="measure all unit configurations up to this many, else those of --samples candidates")
     b.add_argument("--samples", type=int, default=200, help="candidates whose units are measured past --max-configs")
-    b.add_argument("--networks", type=int, default=12,
-                   help="whole networks measured to fit the per-network correction")
+    b.add_argument("--networks", type=int, help="whole networks the table's model is fitted on (default: the recipe's "
+                   "latency.table_networks, 24)")
+    b.add_argument("--holdout", type=int, help="other networks the table checks itself on (default: the recipe's "
+                   "latency.table_holdout, 8)")
+    b.add_argument("--wait", type=float, default=60.0,
+                   help="seconds to wait for other processes to leave the cores before measuring")
     b.set_defaults(func=run_build)
-    c = actions.add_parser("check", help="predicted vs measured end-to-end latency of sampled candidates")
+    c = actions.add_parser("check", help="predicted vs measured speed-up of candidates drawn as the study draws them")
     add_recipe_args(c)
     c.add_argument("--table", type=Path, help=f"table file (default: latency.table, else RUN_DIR/{TABLE_FILE})")
-    c.add_argument("--samples", type=int, default=20, help="candidates to predict and measure")
+    c.add_argument("--samples", type=int, default=30, help="candidates to predict and measure")
+    c.add_argument("--seed", type=int, default=1_000_000, help="seed of the first candidate drawn")
     c.add_argument("--json", action="store_true", help="print the rows and summary as JSON")
     c.set_defaults(func=run_check)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-
-
 def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
-    """The recipe's blocks space and its latency backend."""
+    """The recipe's space and its latency backend."""
+    from search.latency.tables import require_units
     from search.trial.build import build_space
     from search.trial.context import make_backend, recipe_data
-    from search.trial.lut import require_units
 
     data = recipe_data(config)
     space = build_space(config, data)
@@ -68,43 +70,68 @@ def _open(config: StudyConfig) -> tuple[Space, LatencyBackend]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    """`slimsearch lut build`: measure every unit of the recipe's space and fit the table's correction."""
-    from search.trial.lut import build_table
+    """`slimsearch lut build`: measure the recipe's units, fit the table's model and check it."""
+    from evaluators.latency.machine_load import wait_for_quiet
+    from search.latency.tables import build_study_table, doubts, keep_in_cache
     from search.trial.steps import StepProgress
 
     config = recipe_from_args(args)
-    if min(args.max_configs, args.samples, args.networks) < 0:
-        raise UsageError("--max-configs, --samples and --networks must not be negative")
-    space, backend = _open(config)
+    if min(args.max_configs, args.samples, args.networks or 0, args.holdout or 0, args.wait) < 0:
+        raise UsageError("--max-configs, --samples, --networks, --holdout and --wait must not be negative")
     out = args.out or config.run_dir / TABLE_FILE
+    if out.exists() and not args.force:
+        console.print(f"{out} exists; `lut check` says how well it predicts, `lut build --force` rebuilds it",
+                      highlight=False)
+        return 0
+    space, backend = _open(config)
+    quiet = wait_for_quiet(args.wait, say=lambda m: console.print(m, highlight=False)) if args.wait else None
+    if quiet is not None and quiet.busy():
+        console.print(f"[bold yellow]the machine is still busy ({quiet.busy()}); measuring anyway, and the table "
+                      "will say so[/]", highlight=False)
     with StepProgress("lut build", "measurements", console=console) as step:  # a bar, or lines in a log
-        report = build_table(config, space, backend, max_configs=args.max_configs, samples=args.samples,
-                             networks=args.networks, seed=config.seed, progress=step)
-    report.table.save(out)
-    t, c = report.table, report.table.correction
-    console.print(f"measured {report.coverage} on {t.backend} {t.backend_version}, {t.device}, {t.precision}, "
-                  f"batch {t.batch_size} in {report.seconds:.0f} s", highlight=False)
+        report = build_study_table(config, space, backend, max_configs=args.max_configs, samples=args.samples,
+                                   networks=args.networks, holdout=args.holdout, seed=config.seed, progress=step)
+    t = report.table
+    if quiet is not None and quiet.busy() and not t.protocol.get("busy"):
+        t.protocol["busy"] = f"before the build: {quiet.busy()}"
+    t.save(out)
+    console.print(f"measured {t.meta['coverage']} on {t.backend} {t.backend_version}, {t.device}, {t.precision}, "
+                  f"batch {t.batch_size} in {report.seconds:.0f} s (each against a reference kernel, "
+                  f"{t.protocol['reference_ms']:.4f} ms now; median spread across rounds "
+                  f"{100 * (t.protocol['unit_spread_median'] or 0):.1f}%)", highlight=False)
     if report.skipped:
         console.print(f"skipped {len(report.skipped)} unit configurations the blocks cannot build, e.g. "
                       f"{next(iter(report.skipped.values()))}", highlight=False)
-    fit = f"fit MAPE {c.fit_mape:.1f}%" if c.fit_mape is not None else "no networks measured"
-    console.print(f"correction from {c.networks} whole networks: {c.intercept_ms:+.4f} ms {c.per_unit_ms:+.4f} ms/unit "
-                  f"+ {c.scale:.3f} × Σ units ({fit})", highlight=False)
+    m = t.model
+    console.print(f"model from {m.networks} whole networks, each timed interleaved with the {t.anchor['name']}: "
+                  f"reference units = {m.describe()} (leave-one-out speed-up error "
+                  f"{m.loo_mape if m.loo_mape is not None else float('nan'):.1f}%)", highlight=False)
+    if t.check is not None:
+        console.print(f"self-check on {t.check.networks} networks it was not fitted on: speed-up MAPE "
+                      f"{t.check.mape:.1f}% (max {t.check.max_error:.1f}%), Spearman {t.check.spearman:.3f} — "
+                      + ("passed" if t.check.passed else f"[bold red]over the {t.check.threshold:g}% threshold[/]"),
+                      highlight=False)
+    load = t.protocol["load"]
+    console.print(f"machine during the build: other processes {load['others_cores']:.2f} cores, steal "
+                  f"{100 * load['steal_share']:.1f}%, load average {load['loadavg']:.2f}", highlight=False)
     console.print(f"wrote {out} ({len(t.entries)} entries)", highlight=False)
     if args.out is None and config.latency.table == "auto":  # what the recipe's studies look for on this machine
-        from search.trial.staircase import keep_in_cache
-
-        console.print(f"kept in {keep_in_cache(config, space, backend, t)} for every study of this base, engine "
-                      "and device", highlight=False)
+        console.print(f"kept in {keep_in_cache(config, space, backend, t)} for every study of this space, engine and "
+                      "device", highlight=False)
     if config.space.type == "compress":
         write_staircase(config, space, t, out.with_name("staircase.png"))
-    say_coverage(report.table, space)
+    say_coverage(t, space)
+    found = doubts(t)
+    if found:
+        console.print(f"[bold red]warning:[/] this table is marked: {'; '.join(found)}. Studies will not screen "
+                      "candidates with it (unless latency.trust is always); rebuild it on a quiet machine "
+                      "with `slimsearch lut build --force`", highlight=False)
     return 0
 
 
 def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path: Path) -> None:
     """A compression recipe's staircase: the picture, and per group the widths a study offers."""
-    from search.trial.staircase import attach, plot_staircase
+    from search.latency.staircase import attach, plot_staircase
 
     stairs = attach(space, table)
     plot_staircase(stairs, space.offered, path, f"{config.name}: latency staircase per group ({table.backend}, "
@@ -119,20 +146,23 @@ def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path
 
 def say_coverage(table: LatencyTable, space: Space) -> None:
     """One line on how the table covers the space: measured, estimated from neighbours, or not predictable."""
-    from search.trial.lut import unpredictable
+    from search.latency.tables import distinct
 
-    total, measured, lost = unpredictable(table, space)
-    if measured == total:
+    pool = distinct(space.all_units())
+    measured = sum(1 for key in pool if key in table.entries)
+    lost = sum(1 for key, unit in pool.items() if key not in table.entries and table.estimate(unit) is None)
+    if measured == len(pool):
         return
-    console.print(f"coverage: {measured} of the space's {total} unit configurations measured; the other "
-                  f"{total - measured - lost} are estimated from measured units of the same block, stride, options "
+    console.print(f"coverage: {measured} of the space's {len(pool)} unit configurations measured; the other "
+                  f"{len(pool) - measured - lost} are estimated from measured units of the same block, stride, options "
                   f"and resolution (`lut check` says how well)"
                   + (f"; {lost} have no measured neighbour and cannot be predicted" if lost else ""), highlight=False)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """`slimsearch lut check`: compare the table's predictions with measured latencies (MAPE, Spearman)."""
-    from search.trial.lut import check_table, load_table
+    """`slimsearch lut check`: predicted against measured speed-ups (MAPE, Spearman), interleaved with the base."""
+    from search.latency.tables import check_study_table, open_table, vouch
+    from search.trial.steps import StepProgress
 
     config = recipe_from_args(args)
     if args.samples < 2:
@@ -140,36 +170,44 @@ def run_check(args: argparse.Namespace) -> int:
     named = config.latency.table if config.latency.table not in (None, "auto") else None
     path = args.table or Path(named or config.run_dir / TABLE_FILE)
     space, backend = _open(config)
-    table = load_table(path, backend, config.latency.precision, config.latency.batch_size)
-    with _progress() as bar:
-        task = bar.add_task("measuring", total=args.samples)
-        report = check_table(config, space, table, backend, samples=args.samples,
-                             progress=lambda done, total, msg: bar.update(task, completed=done, description=msg))
+    table = open_table(path, backend, config.latency.precision, config.latency.batch_size,
+                       field="--table" if args.table else "latency.table")
+    vouch(table, str(path))
+    with StepProgress("lut check", "candidates") as step:
+        report = check_study_table(config, space, table, backend, samples=args.samples, seed=args.seed, progress=step)
     rows = report.rows
-    predicted = [r for r in rows if r.predicted_ms is not None]
-    predict_ms = 1e3 * sum(r.predict_s for r in rows) / len(rows)
-    measure_s = sum(r.measure_s for r in rows) / len(rows)
-    summary = {"table": str(path), "candidates": len(rows), "mape_percent": report.mape, "spearman": report.spearman,
-               "predict_ms_per_candidate": predict_ms, "measure_s_per_candidate": measure_s}
+    known = [r for r in rows if r.predicted_speedup is not None]
+    summary = {"table": str(path), "candidates": len(rows), "predicted": len(known), "speedup_mape": report.mape,
+               "speedup_spearman": report.spearman, "speedup_max_error": report.max_error, "ms_mape": report.ms_mape,
+               "measurement_spread_median": report.spread, "load": report.load, "busy": report.busy,
+               "device": table.device, "table_created": table.protocol.get("created")}
     if args.json:
         print(json.dumps({"summary": summary, "rows": [r.__dict__ for r in rows]}, indent=1))
-        return 0 if len(predicted) >= 2 else 1
-    out = Table(title=f"{path}: predicted vs measured on {table.backend}, {table.device}", title_justify="left")
-    for col in ("predicted ms", "measured ms", "error"):
+        return 0 if len(known) >= 2 else 1
+    out = Table(title=f"{path}: predicted vs measured speed-up over the {table.anchor.get('name', 'reference')}, "
+                      f"{table.backend}, {table.device}", title_justify="left")
+    for col in ("predicted", "measured", "spread", "error", "pred. ms", "meas. ms"):
         out.add_column(col, justify="right", no_wrap=True)
     out.add_column("candidate", overflow="fold")
     for r in rows:
-        err = "-" if r.predicted_ms is None else f"{100 * (r.predicted_ms - r.measured_ms) / r.measured_ms:+.1f}%"
-        pred = "missing units" if r.predicted_ms is None else f"{r.predicted_ms:.4f}"
-        out.add_row(pred, f"{r.measured_ms:.4f}", err, r.candidate)
+        known_row = r.predicted_speedup is not None
+        err = f"{100 * (r.predicted_speedup - r.measured_speedup) / r.measured_speedup:+.1f}%" if known_row else "-"
+        out.add_row(f"{r.predicted_speedup:.2f}×" if known_row else "missing units", f"{r.measured_speedup:.2f}×",
+                    f"{100 * r.spread:.0f}%", err, f"{r.predicted_ms:.4f}" if known_row else "-",
+                    f"{r.measured_ms:.4f}", r.network)
     console.print(out)
-    if len(predicted) < 2:
-        console.print(f"[bold red]no MAPE:[/] the table predicts {len(predicted)} of {len(rows)} candidates (the "
-                      "others have units with no measured neighbour); build it with a larger --max-configs or "
-                      "--samples", highlight=False)
+    if len(known) < 2:
+        console.print(f"[bold red]no MAPE:[/] the table predicts {len(known)} of {len(rows)} candidates (the others "
+                      "have units with no measured neighbour); build it with a larger --max-configs or --samples",
+                      highlight=False)
         return 1
-    unpredicted = f" ({len(rows) - len(predicted)} not predictable, left out)" if len(predicted) < len(rows) else ""
-    console.print(f"MAPE {report.mape:.1f}%, Spearman {report.spearman:.3f} over {len(predicted)} candidates"
-                  f"{unpredicted}; prediction {predict_ms:.3f} ms per candidate vs measurement {measure_s:.2f} s",
+    left_out = f" ({len(rows) - len(known)} not predictable, left out)" if len(known) < len(rows) else ""
+    console.print(f"speed-up: MAPE {report.mape:.1f}% (max {report.max_error:.1f}%), Spearman {report.spearman:.3f} "
+                  f"over {len(known)} candidates{left_out}; ms scaled by the base as measured beside each: MAPE "
+                  f"{report.ms_mape:.1f}%; measurements spread {100 * report.spread:.1f}% (median across rounds)",
                   highlight=False)
+    if report.busy:
+        console.print(f"[bold yellow]note:[/] the machine was busy during the check ({report.busy}); the "
+                      "measurements are interleaved, so speed-ups stay comparable, but their spread is wider",
+                      highlight=False)
     return 0

@@ -96,6 +96,12 @@ class LatencyConfig(Section):
     budget_ms: float | None = Field(
         None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"
     )
+    table_networks: int = Field(24, ge=0, le=1000, description="whole networks a latency table's model is fitted on")
+    table_holdout: int = Field(8, ge=0, le=1000, description="other networks a latency table checks itself on")
+    trust: Literal["checked", "always"] = Field(
+        "checked", description="checked: screen candidates only with a table that passed its self-check on a quiet "
+                               "machine; always: with any table (its doubts are still said)",
+    )
 
     @field_validator("backend")
     @classmethod

@@ -25,6 +25,8 @@ class TrialRecord:
     flops: int | None = None
     params: int | None = None
     predicted_latency_ms: float | None = None  # from the study's latency table, before training
+    predicted_speedup: float | None = None  # the same, as a speed-up over the table's reference network (the base)
+    latency_check: dict[str, Any] | None = None  # predicted against measured speed-up, where both exist
     latency_table_missing: list[str] | None = None  # units the table had no entry for
     screened: str | None = None  # why the candidate was not fine-tuned: its predicted latency misses the target
     accuracy_adaptive_bn: float | None = None  # compress space: after BatchNorm recalibration, untrained
@@ -77,8 +79,11 @@ class TrialRecord:
 
     @property
     def latency_ms(self) -> float | None:
-        """The median latency, the second objective."""
-        return None if self.latency is None else float(self.latency["median_ms"])
+        """The measured median latency, else the latency the study's table predicted (a candidate screened, or
+        stopped at a first rung of 0 epochs, is never timed)."""
+        if self.latency is not None:
+            return float(self.latency["median_ms"])
+        return self.predicted_latency_ms
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrialRecord))

@@ -53,10 +53,20 @@ class StudyProgress:
             else:
                 acc, lat = record.accuracy, record.latency_ms
                 rung = "" if record.rung is None else f"rung {record.rung}/{record.top_rung}  "
-                self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}",
+                self.console.print(f"  #{trial.number:<4d} acc {acc:.4f}  {lat:8.4f} ms  {rung}{what}{off(record)}",
                                    highlight=False)
             # the study's own count, so trials of other processes on the same study move the bar too
             self.progress.update(self.task, completed=finished.evaluated, front=len(finished.front))
         else:
             reason = record.error or trial.state.name
             self.console.print(f"  #{trial.number:<4d} [yellow]{trial.state.name.lower()}[/]: {reason}", highlight=False)
+
+
+def off(record: TrialRecord) -> str:
+    """A warning where the engine's measured speed-up and the latency table's prediction are further apart than the
+    table's threshold (the table no longer describes this machine), else nothing."""
+    check = record.latency_check
+    if not check or not check.get("over_threshold"):
+        return ""
+    return (f"  [bold yellow]measured {check['measured_speedup']:.2f}× vs predicted {check['predicted_speedup']:.2f}× "
+            f"({check['error_percent']:+.0f}%): rebuild the latency table?[/]")

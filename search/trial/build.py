@@ -1,4 +1,4 @@
-"""What a process builds once before its first trial: the study's context (data, space, backend, latency table)
+"""What a process builds once before its first trial: the study's context (data, space, backend, latency predictor)
 and its objective. Kept apart from `search.trial.context` so that the scorings can read the context while the space is
 built through them (a compression space gets its trained base from its scoring's `space_inputs`)."""
 
@@ -7,15 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from evaluators.latency import LatencyBackend
+from evaluators.latency.engine_timer import EngineTimer
 from evaluators.latency.table import LatencyTable
 from evaluators.splits import DataBundle
 from search.errors import UsageError
+from search.latency.predictor import LatencyPredictor
+from search.latency.staircase import STAIRCASE_PNG, attach, plot_staircase
+from search.latency.tables import study_table
 from search.recipe.config import StudyConfig
 from search.trial.context import StudyContext, make_backend, recipe_data
 from search.trial.objective import Objective
 from search.trial.rungs import RungObjective
 from search.trial.scoring import SCORINGS
-from search.trial.staircase import STAIRCASE_PNG, attach, plot_staircase, study_table
 from spaces import Space, get_space
 from spaces.compress import CompressError
 
@@ -67,7 +70,17 @@ def build_context(config: StudyConfig, sampling: SamplingSpace | None = None) ->
     data = recipe_data(config)
     backend = make_backend(config.latency, config.run_dir / "tensorrt")
     sampling = sampling or sampling_space(config, data, backend)
-    return StudyContext(config, data, sampling.space, backend, sampling.table)
+    return StudyContext(config, data, sampling.space, backend, predictor(config, sampling, backend))
+
+
+def predictor(config: StudyConfig, sampling: SamplingSpace, backend: LatencyBackend) -> LatencyPredictor | None:
+    """The study's latency predictor (None without a table): the table's milliseconds are its reference kernel's
+    as timed in this process now, so a prediction in ms describes the machine as it is."""
+    if sampling.table is None:
+        return None
+    lat = config.latency
+    reference_ms = EngineTimer(backend, lat.precision, lat.batch_size).reference_ms()
+    return LatencyPredictor(sampling.table, sampling.space, reference_ms, lat.trust)
 
 
 def make_objective(ctx: StudyContext) -> Objective:

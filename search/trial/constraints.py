@@ -21,20 +21,14 @@ def active(cfg: ConstraintsConfig) -> list[str]:
     return [name for name in NAMES if getattr(cfg, name) is not None]
 
 
-def latency_limit(cfg: ConstraintsConfig, base_latency_ms: float | None) -> float | None:
-    """The latency a candidate must not exceed: `latency_ms`, and the base's latency over `speedup` (the tighter)."""
-    limits = [cfg.latency_ms] if cfg.latency_ms is not None else []
-    if cfg.speedup is not None and base_latency_ms is not None:
-        limits.append(base_latency_ms / cfg.speedup)
-    return min(limits) if limits else None
-
-
 def violations(cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float, params: int,
-               base_latency_ms: float | None = None) -> dict[str, float]:
+               base_latency_ms: float | None = None, budget_ms: float | None = None) -> dict[str, float]:
     """One value per set constraint, ≤ 0 when it is met: relative excess for latency and params
-    ((value - limit) / limit; a speed-up's limit is the base's latency over it), and the shortfall for accuracy
-    (limit - accuracy)."""
+    ((value - limit) / limit; a speed-up's limit is the base's latency over it; `budget_ms`, the recipe's
+    `latency.budget_ms`, is one more latency limit), and the shortfall for accuracy (limit - accuracy)."""
     out: dict[str, float] = {}
+    if budget_ms is not None:
+        out["budget_ms"] = (latency_ms - budget_ms) / budget_ms
     if cfg.latency_ms is not None:
         out["latency_ms"] = (latency_ms - cfg.latency_ms) / cfg.latency_ms
     if cfg.speedup is not None:
@@ -51,13 +45,14 @@ def violations(cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float, pa
 
 def apply_constraints(
     trial: optuna.Trial, record: TrialRecord, cfg: ConstraintsConfig, *, accuracy: float, latency_ms: float,
-    params: int, base_latency_ms: float | None = None,
+    params: int, base_latency_ms: float | None = None, budget_ms: float | None = None,
 ) -> bool:
     """Set the constraints on a running trial (for the sampler) and store them with the verdict on its record
     (`constraints`, `feasible`); no-op without constraints. Returns whether the trial is feasible."""
-    if not active(cfg):
+    if not active(cfg) and budget_ms is None:
         return True
-    values = violations(cfg, accuracy=accuracy, latency_ms=latency_ms, params=params, base_latency_ms=base_latency_ms)
+    values = violations(cfg, accuracy=accuracy, latency_ms=latency_ms, params=params, base_latency_ms=base_latency_ms,
+                        budget_ms=budget_ms)
     for name, value in values.items():
         trial.set_constraint(name, value)
     feasible = all(v <= 0 for v in values.values())

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluators.latency import BackendUnavailable, LatencyBackend, UnsupportedRequest, configured_backend
-from evaluators.latency.table import LatencyTable
 from evaluators.splits import DataBundle, load_data
 from search.errors import UsageError
+from search.latency.predictor import LatencyPredictor
 from search.recipe.config import StudyConfig
 from search.recipe.sections import LatencyConfig
 from spaces import Space
@@ -23,7 +23,7 @@ class StudyContext:
     data: DataBundle
     space: Space
     backend: LatencyBackend
-    table: LatencyTable | None = None
+    predictor: LatencyPredictor | None = None  # with a latency table
 
 
 def recipe_data(config: StudyConfig) -> DataBundle:

@@ -19,11 +19,12 @@ import torch.nn as nn
 from evaluators.cost import Cost, measure_cost
 from evaluators.latency import LatencyStats
 from evaluators.onnx_model import ExportedModel
+from search.latency.gate import LatencyGate
+from search.latency.predictor import Prediction
 from search.results.artifacts import artifact_store, keep_if_on_front
 from search.results.record import TrialRecord
-from search.trial.budget import LatencyBudget
 from search.trial.checkpoints import root_number
-from search.trial.constraints import apply_constraints, latency_limit
+from search.trial.constraints import apply_constraints
 from search.trial.context import StudyContext
 from search.trial.locks import MachineLock
 from search.trial.scoring import scoring_for
@@ -46,7 +47,8 @@ class Objective:
         self.scoring = scoring_for(ctx)
         self.artifacts = artifact_store(ctx.config.run_dir)
         self.lock = MachineLock()
-        self.budget = LatencyBudget.from_config(ctx.config, ctx.space, ctx.table)
+        self.predictor = ctx.predictor
+        self.gate = LatencyGate(ctx.config, ctx.predictor) if ctx.predictor is not None else None
         self.attached = False
 
     def __call__(self, trial: optuna.Trial, candidate: Candidate | None = None) -> tuple[float, float]:
@@ -79,65 +81,77 @@ class Objective:
         cost = measure_cost(model, self.ctx.data.input_shape)
         record.save(trial, macs=cost.macs, flops=cost.flops, params=cost.params)
         seconds["cost"] = time.perf_counter() - t
-        if self.budget is not None:
-            prediction = self.budget.predict(candidate)
-            record.save(trial, predicted_latency_ms=prediction.ms)
-            if prediction.missing:
-                record.save(trial, latency_table_missing=prediction.missing)
-            self.budget.enforce(prediction)
-            limit = self.screening_limit()
-            if prediction.ms is not None and limit is not None and prediction.ms > limit:
-                return self.screen(trial, record, prediction.ms, limit, cost, seconds, t0)
+        if self.predictor is not None:
+            prediction = self.predictor.predict(candidate)
+            record.save(trial, **self.predictor.record(prediction))
+            missed = self.gate.missed(prediction)
+            if missed:
+                return self.screen(trial, record, prediction, missed, cost, seconds, t0)
 
         with tempfile.TemporaryDirectory() as tmp:
             exported, stats = self.score(trial, record, model, candidate, cost, seed, Path(tmp), seconds)
             versus = self.scoring.versus_base(cost, record.accuracy, stats)
             if versus is not None:
                 record.save(trial, vs_base=versus)
+                self.check_prediction(trial, record, versus)
             t = time.perf_counter()
+            latency_ms = self.front_ms(stats, versus)
             feasible = apply_constraints(trial, record, self.config.constraints, accuracy=record.accuracy,
-                                         latency_ms=stats.median_ms, params=cost.params,
-                                         base_latency_ms=self.base_ms(stats))
+                                         latency_ms=latency_ms, params=cost.params,
+                                         base_latency_ms=self.base_ms(stats), budget_ms=self.config.latency.budget_ms)
             if feasible and record.at_top and exported is not None:
-                keep_if_on_front(trial, exported, record.accuracy, stats.median_ms, self.artifacts)
+                keep_if_on_front(trial, exported, record.accuracy, latency_ms, self.artifacts)
             seconds["artifacts"] = time.perf_counter() - t
 
         seconds["total"] = time.perf_counter() - t0
         record.save(trial, seconds={**record.seconds, **seconds})
-        return record.accuracy, stats.median_ms
+        return record.accuracy, latency_ms
 
-    def base_ms(self, stats: LatencyStats) -> float | None:
+    def front_ms(self, stats: LatencyStats | Prediction, versus: dict[str, float] | None) -> float:
+        """The latency a trial is ranked by: a prediction's ms; a speed-up timed interleaved with the base, as the
+        base's recorded ms over that speed-up (so a drift of the machine since the base was measured does not move
+        the front); else the measured median."""
+        if isinstance(stats, Prediction):
+            return stats.ms
+        base = self.scoring.base_latency_ms()
+        if versus is not None and base is not None and isinstance(stats.extra.get("interleaved"), dict):
+            return base / versus["speedup"]
+        return stats.median_ms
+
+    def check_prediction(self, trial: optuna.Trial, record: TrialRecord, versus: dict[str, float]) -> None:
+        """Where the table predicted this candidate and the engine measured it, record how far apart they are
+        (`latency_check`) and say so when that is more than the table's threshold."""
+        predicted, measured = record.predicted_speedup, versus.get("speedup")
+        if self.predictor is None or predicted is None or measured is None or record.latency is None:
+            return
+        error = 100 * (predicted - measured) / measured
+        threshold = self.predictor.table.check.threshold if self.predictor.table.check else 10.0
+        record.save(trial, latency_check={"predicted_speedup": predicted, "measured_speedup": measured,
+                                          "error_percent": round(error, 2), "over_threshold": abs(error) > threshold})
+
+    def base_ms(self, stats: LatencyStats | Prediction) -> float | None:
         """The base's latency to set `stats` against: its prediction where `stats` is a prediction, else its
         measurement."""
-        return self.predicted_base_ms() if stats.extra.get("predicted") else self.scoring.base_latency_ms()
+        if isinstance(stats, Prediction):
+            return None if self.predictor is None else self.predictor.base_ms()
+        return self.scoring.base_latency_ms()
 
-    def predicted_base_ms(self) -> float | None:
-        """The base network's latency predicted by the study's table (None: no table, or a space without a base)."""
-        if self.budget is None or not hasattr(self.space, "predicted_base_ms"):
-            return None
-        return self.space.predicted_base_ms()
-
-    def screening_limit(self) -> float | None:
-        """The predicted latency over which a candidate is screened: `constraints.latency_ms`, and the base's predicted
-        latency over `constraints.speedup` (prediction against prediction, so the table's bias cancels)."""
-        return latency_limit(self.config.constraints, self.predicted_base_ms())
-
-    def screen(self, trial: optuna.Trial, record: TrialRecord, predicted_ms: float, limit: float, cost: Cost,
+    def screen(self, trial: optuna.Trial, record: TrialRecord, prediction: Prediction, missed: str, cost: Cost,
                seconds: dict[str, float], t0: float) -> tuple[float, float]:
-        """Complete a candidate whose predicted latency misses the target without fine-tuning it: infeasible, so the
-        sampler learns from it and the front never shows it; its values are accuracy 0 and the prediction."""
-        record.save(trial, screened=f"predicted {predicted_ms:.4f} ms is over the target {limit:.4f} ms; not "
-                                    "fine-tuned")
-        apply_constraints(trial, record, self.config.constraints, accuracy=0.0, latency_ms=predicted_ms,
-                          params=cost.params, base_latency_ms=self.predicted_base_ms())
+        """Complete a candidate whose prediction misses a latency limit without fine-tuning it: infeasible, so the
+        sampler learns from it and the front never shows it; its values are accuracy 0 and the predicted ms."""
+        record.save(trial, screened=missed)
+        apply_constraints(trial, record, self.config.constraints, accuracy=0.0, latency_ms=prediction.ms,
+                          params=cost.params, base_latency_ms=self.predictor.base_ms(),
+                          budget_ms=self.config.latency.budget_ms)
         seconds["total"] = time.perf_counter() - t0
         record.save(trial, accuracy=0.0, seconds={**record.seconds, **seconds})
-        return 0.0, predicted_ms
+        return 0.0, prediction.ms
 
     def score(
         self, trial: optuna.Trial, record: TrialRecord, model: nn.Module, candidate: Candidate, cost: Cost,
         seed: int, tmp: Path, seconds: dict[str, float],
-    ) -> tuple[ExportedModel | None, LatencyStats]:
+    ) -> tuple[ExportedModel | None, LatencyStats | Prediction]:
         """Fine-tune the candidate, score it at its precision and time it; returns its export (None where there is
         none to keep) and latency."""
         scoring = self.scoring

@@ -28,6 +28,7 @@ from evaluators.cost import Cost
 from evaluators.latency import LatencyStats
 from evaluators.onnx_model import ExportedModel
 from evaluators.train import evaluate
+from search.latency.predictor import Prediction
 from search.recipe.sections import ConstraintsConfig
 from search.results.record import TrialRecord
 from search.trial import checkpoints
@@ -64,19 +65,22 @@ class RungObjective(Objective):
     def score(
         self, trial: optuna.Trial, record: TrialRecord, model: nn.Module, candidate: Candidate, cost: Cost,
         seed: int, tmp: Path, seconds: dict[str, float],
-    ) -> tuple[ExportedModel | None, LatencyStats]:
+    ) -> tuple[ExportedModel | None, LatencyStats | Prediction]:
         rungs, scoring, run_dir = self.fidelity.rungs, self.scoring, self.config.run_dir
         top, root = len(rungs) - 1, root_number(trial)
         inherited = TrialRecord.of(trial)  # a trial queued again after its worker died carries its record
         saved = checkpoints.load(run_dir, root)
         exported: ExportedModel | None = None
-        if saved is not None and inherited.latency and len(inherited.rungs or []) == saved[0] + 1:
+        stats: LatencyStats | Prediction | None
+        known = inherited.latency or inherited.predicted_latency_ms
+        if saved is not None and known and len(inherited.rungs or []) == saved[0] + 1:
             tune = scoring.fine_tune(model, seed, candidate=candidate)
             tune.load_state_dict(saved[1])
             results = list(inherited.rungs)
-            stats = LatencyStats(**inherited.latency)
-            record.save(trial, latency=inherited.latency, accuracy_adaptive_bn=inherited.accuracy_adaptive_bn,
-                        rungs=results, rung=len(results) - 1, top_rung=top, accuracy=results[-1]["accuracy"])
+            stats = LatencyStats(**inherited.latency) if inherited.latency else self.prediction(record)
+            record.save(trial, latency=inherited.latency, predicted_latency_ms=inherited.predicted_latency_ms,
+                        predicted_speedup=inherited.predicted_speedup,
+                        accuracy_adaptive_bn=inherited.accuracy_adaptive_bn, rungs=results, rung=len(results) - 1, top_rung=top, accuracy=results[-1]["accuracy"])
             if inherited.stopped:
                 record.save(trial, stopped=inherited.stopped)
             go_on = inherited.stopped is None and (
@@ -86,12 +90,14 @@ class RungObjective(Objective):
             results, go_on = [], True
             torch.manual_seed(seed)
             record.save(trial, **scoring.prepare(model, seed))
-            stats = self.predicted(trial, record) if rungs[0] == 0 else None
-            if stats is None:
+            stats = self.prediction(record) if rungs[0] == 0 else None
+            if stats is not None:
+                self.attach(trial)  # the base's record, which a predicted speed-up is set against
+            else:
                 exported = ExportedModel(model, self.ctx.data.input_shape, tmp / "built")
                 stats = self.measure(trial, record, exported, candidate, seconds)
-            over = over_before_training(self.config.constraints, stats.median_ms, cost.params,
-                                        self.base_ms(stats))
+            ms = stats.ms if isinstance(stats, Prediction) else stats.median_ms
+            over = over_before_training(self.config.constraints, ms, cost.params, self.base_ms(stats))
             if over:
                 record.save(trial, accuracy=evaluate(model, scoring.validation()), rung=0, top_rung=top, rungs=[],
                             stopped=f"over the {' and '.join(over)} constraint: stopped untrained")
@@ -108,7 +114,7 @@ class RungObjective(Objective):
             needs_export = rung == top or scoring.accuracy_precision(candidate) != "fp32"
             if needs_export and (exported is None or tune.step > 0):
                 exported = ExportedModel(model, self.ctx.data.input_shape, tmp / f"rung{rung}")
-            if rung == top and stats.extra.get("predicted"):
+            if rung == top and isinstance(stats, Prediction):
                 stats = self.measure(trial, record, exported, candidate, seconds)
             scored = scoring.score(exported, candidate, tune.accuracy(), scoring.validation())
             results.append({"rung": rung, "epochs": rungs[rung], **scored, "seconds": time.perf_counter() - t})
@@ -122,21 +128,12 @@ class RungObjective(Objective):
         checkpoints.drop(run_dir, root)
         return exported, stats
 
-    def predicted(self, trial: optuna.Trial, record: TrialRecord) -> LatencyStats | None:
-        """The candidate's latency as the study's table predicts it (None: no table, or units it cannot predict),
-        standing in for a measurement until the candidate reaches the top rung; `extra` holds the predicted
-        speed-up over the base's prediction."""
-        ms, base_ms = record.predicted_latency_ms, self.predicted_base_ms()
-        if ms is None or base_ms is None:
+    def prediction(self, record: TrialRecord) -> Prediction | None:
+        """The candidate's latency as the study's table predicted it (None: no table, or units it cannot predict),
+        standing in for a measurement until the candidate reaches the top rung."""
+        if record.predicted_latency_ms is None or record.predicted_speedup is None:
             return None
-        self.attach(trial)
-        lat = self.config.latency
-        stats = LatencyStats(median_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms, cv=0.0, runs=0, warmup_runs=0,
-                             backend=self.backend.name, backend_version=self.backend.version(),
-                             device=self.backend.device(), precision=lat.precision, batch_size=lat.batch_size,
-                             extra={"predicted": True, "speedup": base_ms / ms})
-        record.save(trial, latency=stats.as_dict())
-        return stats
+        return Prediction(record.predicted_speedup, record.predicted_latency_ms)
 
     def _promoted(self, trial: optuna.Trial, record: TrialRecord, rung: int) -> bool:
         """Whether the candidate goes on from `rung`; when it does not, why is stored as `stopped`."""

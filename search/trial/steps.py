@@ -11,13 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class StepProgress:
-    """Progress of one long step (a base network's training, a latency table's build): a bar on a terminal, and
-    where output goes to a log, a line every `every_s` seconds and one at the end, so a log shows it is alive."""
+    """Progress of one long step (a base network's training, a latency table's build): a bar on a terminal (short
+    enough for 80 columns: what, a 16-column bar, count, elapsed, ETA), and where output goes to a log, a line every `every_s` seconds and one at the end, so a log shows it is alive."""
 
     def __init__(self, description: str, unit: str, console: Console | None = None, every_s: float = 30.0) -> None:
         self.description, self.unit, self.every_s = description, unit, every_s
         self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                            TimeElapsedColumn(),
                             TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
         self.task = self.bar.add_task(description, total=None)
         self.start = self.last = time.monotonic()
@@ -33,7 +34,7 @@ class StepProgress:
     def __call__(self, done: float, total: float, message: str = "") -> None:
         """`done` of `total` units so far; `message` says what is being done."""
         if self.console.is_terminal:
-            self.bar.update(self.task, completed=done, total=total, description=(message or self.description)[:60])
+            self.bar.update(self.task, completed=done, total=total, description=(message or self.description)[:30])
             return
         now = time.monotonic()
         if now - self.last < self.every_s and done < total:

@@ -12,7 +12,7 @@ from registry import UnknownName
 from spaces.blocks.library import BLOCKS
 from spaces.blocks.units import at_resolution, enumerate_units, layout, network_size, unit_module
 from spaces.contract import Candidate, Space, Unit, register_space
-from spaces.suggest import Suggest
+from spaces.suggest import RandomSuggest, Suggest
 
 MAX_WIDTH = 4096  # channels of a stem, stage or head: wider is a typo, and one candidate would not fit in memory
 MAX_DEPTH = 32  # blocks in one stage
@@ -184,6 +184,10 @@ class BlocksSpace(Space):
     def all_units(self) -> Iterator[Unit]:
         """Every unit the space can produce (see `spaces.blocks.units.enumerate_units`)."""
         return enumerate_units(self)
+
+    def reference_candidate(self) -> Candidate:
+        """The network latency tables compare every other with: the candidate a draw seeded with 0 gives."""
+        return self.sample(RandomSuggest(0))
 
     @staticmethod
     def unit_module(unit: Unit) -> nn.Module:

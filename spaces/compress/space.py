@@ -182,6 +182,13 @@ class CompressSpace(Space):
         """Every unit a pruning policy of the recipe can produce (factorized layers are not tabled)."""
         return geometry.all_layer_units(self.layers, self.width_choices())
 
+    def reference_candidate(self) -> Candidate:
+        """The base itself, every group whole: what every speed-up of a compression study is over."""
+        cfg = self.config
+        return {"space": "compress", "base": dict(self.base_spec), "importance": cfg.importance[0],
+                "round_to": cfg.round_to, "policy": "group", "keep": {g.name: 1.0 for g in self.groups}, "rank": {},
+                "form": {}, "precision": cfg.precision[0]}
+
     def use_staircase(self, offered: dict[str, list[int]], predict_units: Callable[[list[Unit]], float]) -> None:
         """Sample from a latency staircase: each group keeps one of `offered[group]` widths (ascending, the lower
         edges of its latency steps, ending at its full width; `config.staircase` off: every width it can take), and
@@ -192,15 +199,15 @@ class CompressSpace(Space):
         self.offered = {g: sorted(ws) for g, ws in offered.items()} if self.config.staircase else self.width_choices()
         self._predict_units = predict_units
 
-    def predicted_ms(self, widths: dict[str, int]) -> float:
+    def predicted_latency(self, widths: dict[str, int]) -> float:
         """The latency predicted for the base pruned to `widths` (needs `use_staircase`)."""
         if self._predict_units is None:
             raise CompressError("no latency predictor: the space was given no latency table")
         return self._predict_units(geometry.policy_units(self.layers, widths))
 
-    def predicted_base_ms(self) -> float:
+    def predicted_base_latency(self) -> float:
         """The unpruned base's latency predicted by the same table: what every predicted speed-up divides."""
-        return self.predicted_ms({g.name: g.channels for g in self.groups})
+        return self.predicted_latency({g.name: g.channels for g in self.groups})
 
     def greedy_widths(self, speedup: float) -> dict[str, int]:
         """The latency_greedy policy at a predicted `speedup` over the base (see `spaces.compress.greedy`): channel
@@ -223,7 +230,7 @@ class CompressSpace(Space):
             self._costs = {g.name: [touched[g.name] * c for c in removal_costs(scores[g.name], g.channels)]
                            for g in self.groups}
         full = {g: ws[-1] for g, ws in self.offered.items()}
-        return latency_greedy(self.offered, self._costs, self.predicted_ms, self.predicted_ms(full) / speedup)
+        return latency_greedy(self.offered, self._costs, self.predicted_latency, self.predicted_latency(full) / speedup)
 
     def _snap(self, group: str, width: int) -> int:
         """The narrowest offered width of `group` at least `width` wide (as fast as `width`, with more channels)."""

@@ -17,6 +17,7 @@ from evaluators.onnx_model import ExportedModel
 from evaluators.splits import DataBundle
 from evaluators.train import evaluate, placed, recalibrate_bn
 from search.errors import UsageError
+from search.latency.predictor import Prediction
 from search.recipe.config import StudyConfig
 from search.trial.scoring.base_network import prepare_base, recorded_base
 from search.trial.scoring.scoring import Scoring, register_scoring
@@ -27,14 +28,15 @@ if TYPE_CHECKING:
     from search.trial.context import StudyContext
 
 
-def versus_base(base: dict[str, Any], cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float]:
+def versus_base(base: dict[str, Any], cost: Cost, accuracy: float,
+                stats: LatencyStats | Prediction) -> dict[str, float]:
     """A candidate against the base: parameter compression (×), FLOPs reduction (share), measured speedup (×),
     accuracy change (points of the [0, 1] scale). The speed-up is the one timed interleaved with the base where the
-    backend could (`interleaved` in the stats, with its per-round range), the table's prediction against the base's
-    for a latency that is a prediction (`predicted`), else the ratio of the two medians."""
-    paired = stats.extra.get("interleaved")
-    if stats.extra.get("predicted"):
-        speed = {"speedup": float(stats.extra["speedup"])}
+    backend could (`interleaved` in the stats, with its per-round range), the table's predicted speed-up for a
+    candidate that was never timed, else the ratio of the two medians."""
+    paired = None if isinstance(stats, Prediction) else stats.extra.get("interleaved")
+    if isinstance(stats, Prediction):
+        speed = {"speedup": float(stats.speedup)}
     elif isinstance(paired, dict):
         speed = {"speedup": paired["speedup"], "speedup_low": paired["low"], "speedup_high": paired["high"]}
     else:
@@ -104,7 +106,7 @@ class CompressedScoring(Scoring):
             recalibrate_bn(model, self.data.train, self.config.train.bn_batches, self.settings.batch_size, seed)
             return {"accuracy_adaptive_bn": evaluate(model, self.validation())}
 
-    def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float] | None:
+    def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats | Prediction) -> dict[str, float] | None:
         return None if self.base is None else versus_base(self.base, cost, accuracy, stats)
 
     def latency(self, exported: ExportedModel, candidate: Candidate) -> LatencyStats:

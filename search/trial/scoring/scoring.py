@@ -23,6 +23,7 @@ from evaluators.splits import DataBundle, Split
 from evaluators.train import FineTune, TrainSettings, evaluate
 from registry import Registry
 from search.errors import UsageError
+from search.latency.predictor import Prediction
 from search.recipe.config import StudyConfig
 from spaces import Candidate
 
@@ -131,7 +132,7 @@ class Scoring:
             calibration=self.calibration() if precision == "int8" else None,
         )
 
-    def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats) -> dict[str, float] | None:
+    def versus_base(self, cost: Cost, accuracy: float, stats: LatencyStats | Prediction) -> dict[str, float] | None:
         """The candidate against the study's base network (None: there is none)."""
         return None
 
