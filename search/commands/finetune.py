@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         say(str(exc))
         return 130
     except KeyboardInterrupt:
-        say("interrupted before the first epoch was checkpointed; nothing was kept")
+        say("interrupted before the fine-tune began; nothing was written")
         return 130
     acc, lat, onnx, versus = card["accuracy"], card["latency"], card["onnx"], card["versus_base"]
     test = "no test split" if acc["test"] is None else f"test {acc['test_before']:.4f} → {acc['test']:.4f}"

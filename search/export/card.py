@@ -65,9 +65,12 @@ def _fine_tune_rows(card: dict[str, Any], at: str) -> list[tuple[str, str]]:
            f"{ft['batch_size']}), {ft['schedule']} schedule from lr {ft['lr']:g} after {ft['warmup_epochs']:g} epoch(s) "
            f"of linear warm-up, SGD with Nesterov momentum {ft['momentum']:g}, weight decay {ft['weight_decay']:g}; "
            f"{ft['distillation']}; {ft['seconds']:.0f} s of training{sessions} on {', '.join(ft['devices'])}")
-    search = card.get("search")
+    search, measured = card.get("search"), ""
+    if search:
+        measured = ("; the search screened it without a fine-tune" if search.get("screened") else
+                    f"; the search measured {search['accuracy']:.4f}")
     validation = (f"{acc['validation_before']:.4f} → **{acc['validation']:.4f}** on {acc['validation_images']} "
-                  f"images ({at})" + (f"; the search measured {search['accuracy']:.4f}" if search else ""))
+                  f"images ({at}){measured}")
     test = ("the dataset has no test split" if acc["test"] is None else
             f"{acc['test_before']:.4f} → **{acc['test']:.4f}** on {acc['test_images']} held-out images ({at})")
     return [("fine-tune", how), ("started from", ft["started_from"]), ("accuracy, validation", validation),

@@ -17,13 +17,14 @@ import torch
 import torch.nn as nn
 
 from evaluators.onnx_model import ExportedModel
+from evaluators.splits import Split
 from evaluators.train import FineTune, TrainSettings
 from search.export.card import write_card
 from search.export.files import check_base_files, folder_files, output_folder, ship
 from search.export.finetune.curves import history_curves, plot_curves
-from search.export.finetune.epochs import history_row, scores, train_epochs
+from search.export.finetune.epochs import Interrupted, history_row, scores, train_epochs
 from search.export.finetune.plan import FineTunePlan
-from search.export.finetune.store import CHECKPOINT, PLOT, Saved, matching, remove_leftovers, save
+from search.export.finetune.store import CHECKPOINT, PLOT, Saved, matching, read, remove_leftovers, save
 from search.export.finetune.subjects import Subject, network_subject, trial_identity, trial_subject
 from search.export.picks import choose_trial
 from search.recipe.config import StudyConfig
@@ -101,18 +102,22 @@ def _fine_tune(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     with output_folder(out, keep=lambda: (out / CHECKPOINT).is_file()), tempfile.TemporaryDirectory() as tmp:
-        remove_leftovers(out)
-        model = subject.build()
-        if saved is None:
-            tune, saved = _begin(ctx, scoring, subject, model, settings, identity, out, Path(tmp))
-        else:
-            tune = FineTune(model, ctx.data, settings, seed=subject.seed, teacher=subject.teacher)
-            tune.load_state_dict(saved.state)
-            say(f"continuing {label} from epoch {saved.epochs_done:g} of {plan.epochs:g} ({out / CHECKPOINT})")
-        test = ctx.data.test if len(ctx.data.test) else None
-        train_epochs(tune, saved, out, label, scoring.validation(), test, say, progress)
-        card = _finish(ctx, scoring, study, subject, tune, saved, out, Path(tmp), say)
-    return card
+        try:
+            remove_leftovers(out)
+            model = subject.build()
+            if saved is None:
+                tune, saved = _begin(ctx, scoring, subject, model, settings, identity, out, Path(tmp))
+            else:
+                tune = FineTune(model, ctx.data, settings, seed=subject.seed, teacher=subject.teacher)
+                tune.load_state_dict(saved.state)
+                say(f"continuing {label} from epoch {saved.epochs_done:g} of {plan.epochs:g} ({out / CHECKPOINT})")
+            train_epochs(tune, saved, out, label, scoring.validation(), _test(ctx), say, progress)
+            return _finish(ctx, scoring, study, subject, tune, saved, out, Path(tmp), say)
+        except KeyboardInterrupt:
+            kept = read(out)
+            if kept is None:
+                raise
+            raise Interrupted(out, kept.epochs_done, plan.epochs) from None
 
 
 def _distillation(settings: TrainSettings, subject: Subject) -> str:
@@ -124,6 +129,24 @@ def _distillation(settings: TrainSettings, subject: Subject) -> str:
     return f"distilled from the base network (kd_alpha {settings.kd_alpha:g}, temperature {settings.kd_temperature:g})"
 
 
+def _test(ctx: StudyContext) -> Split | None:
+    """The held-out test images (None where the data set has none)."""
+    return ctx.data.test if len(ctx.data.test) else None
+
+
+def _at_precision(
+    scoring: Scoring, chosen: dict[str, Any], exported: Callable[[], ExportedModel], fp32: tuple[float, float | None],
+    val: Split, test: Split | None,
+) -> tuple[float, float | None]:
+    """Validation and test accuracy at the network's scoring precision: its `fp32` ones where that is fp32, else
+    those of the converted model in ONNX Runtime (`exported()` made only then)."""
+    if scoring.accuracy_precision(chosen) == "fp32":
+        return fp32
+    model = exported()
+    return (scoring.accuracy(model.module, model, chosen, val),
+            None if test is None else scoring.accuracy(model.module, model, chosen, test))
+
+
 def _begin(
     ctx: StudyContext, scoring: Scoring, subject: Subject, model: nn.Module, settings: TrainSettings,
     identity: dict[str, Any], out: Path, tmp: Path,
@@ -131,12 +154,11 @@ def _begin(
     """Put the starting weights into `model`, score them (at the network's precision for the card, in fp32 for the
     history) and write the first checkpoint: the trainer's state before its first step."""
     started_from = subject.start(model, tmp)
-    exported = ExportedModel(model, ctx.data.input_shape, tmp / "start")
-    chosen, val, test = subject.candidate or {}, scoring.validation(), ctx.data.test
-    start = {"from": started_from, "validation": scoring.accuracy(model, exported, chosen, val),
-             "test": scoring.accuracy(model, exported, chosen, test) if len(test) else None,
-             "precision": scoring.accuracy_precision(chosen)}
-    v, t = scores(model, settings.device, val, test if len(test) else None)
+    chosen, val, test = subject.candidate or {}, scoring.validation(), _test(ctx)
+    v, t = scores(model, settings.device, val, test)
+    v_at, t_at = _at_precision(scoring, chosen, lambda: ExportedModel(model, ctx.data.input_shape, tmp / "start"),
+                               (v, t), val, test)
+    start = {"from": started_from, "validation": v_at, "test": t_at, "precision": scoring.accuracy_precision(chosen)}
     tune = FineTune(model, ctx.data, settings, seed=subject.seed, teacher=subject.teacher)
     saved = Saved(identity, [history_row(tune, 0.0, 1, v, t)], tune.state_dict(), start)
     save(out, saved)
@@ -150,14 +172,10 @@ def _finish(
     """Write the fine-tuned network's files, the curve and the card; mark the checkpoint finished."""
     s, model, chosen = tune.settings, tune.model, subject.candidate or {}
     exported = ExportedModel(model, ctx.data.input_shape, tmp / "fine-tuned")
-    val, test = scoring.validation(), ctx.data.test
-    start = saved.start
-    accuracy = {
-        "precision": start["precision"], "validation_before": start["validation"],
-        "validation": scoring.accuracy(model, exported, chosen, val), "validation_images": len(val),
-        "test_before": start["test"], "test": scoring.accuracy(model, exported, chosen, test) if len(test) else None,
-        "test_images": len(test),
-    }
+    val, test, last, start = scoring.validation(), _test(ctx), saved.history[-1], saved.start
+    v, t = _at_precision(scoring, chosen, lambda: exported, (last["validation"], last["test"]), val, test)
+    accuracy = {"precision": start["precision"], "validation_before": start["validation"], "validation": v,
+                "validation_images": len(val), "test_before": start["test"], "test": t, "test_images": len(ctx.data.test)}
     shipped = ship(ctx, scoring, study, exported, subject.candidate, out, accuracy, say)
     if subject.card["search"]:
         shipped["latency"]["search_median_ms"] = subject.card["search"]["latency_ms"]

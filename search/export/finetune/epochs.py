@@ -1,6 +1,6 @@
 """A long fine-tune epoch by epoch: trained in parts (a bar on a terminal moves with them), scored after each epoch on
-the validation and test images, checkpointed after each (a kill loses at most the epoch under way), a line per epoch;
-Ctrl-C stops it with the last checkpoint kept."""
+the validation and test images, checkpointed after each (a kill loses at most the epoch under way), a line per epoch.
+`Interrupted`: what Ctrl-C becomes once a checkpoint is kept."""
 
 from __future__ import annotations
 
@@ -55,28 +55,25 @@ def train_epochs(
 ) -> None:
     """Train `tune` from where `saved` stands to the end of its plan, epoch by epoch: each epoch scored, appended to
     the history and checkpointed with the trainer's whole state. Fine-tune steps share the machine with other
-    fine-tunes, never with a latency measurement (the machine lock). Raises `Interrupted` on Ctrl-C."""
+    fine-tunes, never with a latency measurement (the machine lock)."""
     epochs, device = tune.settings.epochs, tune.settings.device
     saved.sessions += 1
     lock = MachineLock(say=say)
     done = saved.epochs_done
     bar = StepProgress(f"fine-tuning {label}", "epochs", every_s=math.inf) if progress else nullcontext()
-    try:
-        with bar as step:
-            for mark in (m for m in epoch_marks(epochs) if m > done):
-                parts = max(1, min(PARTS, tune.steps_at(mark) - tune.step))
-                for k in range(1, parts + 1):
-                    reached = done + (mark - done) * k / parts
-                    with lock.training():
-                        tune.run_to(reached)
-                    if step is not None:
-                        step(round(reached, 3), epochs)
-                v, t = scores(tune.model, device, val, test)
-                saved.history.append(history_row(tune, mark, saved.sessions, v, t))
-                saved.state = tune.state_dict()
-                save(out, saved)
-                say(f"epoch {mark:g}/{epochs:g}: loss {tune.loss:.4f}, validation {v:.4f}"
-                    + ("" if t is None else f", test {t:.4f}") + f" ({tune.seconds:.1f} s of training)")
-                done = mark
-    except KeyboardInterrupt:
-        raise Interrupted(out, saved.epochs_done, epochs) from None
+    with bar as step:
+        for mark in (m for m in epoch_marks(epochs) if m > done):
+            parts = max(1, min(PARTS, tune.steps_at(mark) - tune.step))
+            for k in range(1, parts + 1):
+                reached = done + (mark - done) * k / parts
+                with lock.training():
+                    tune.run_to(reached)
+                if step is not None:
+                    step(round(reached, 3), epochs)
+            v, t = scores(tune.model, device, val, test)
+            saved.history.append(history_row(tune, mark, saved.sessions, v, t))
+            saved.state = tune.state_dict()
+            save(out, saved)
+            say(f"epoch {mark:g}/{epochs:g}: loss {tune.loss:.4f}, validation {v:.4f}"
+                + ("" if t is None else f", test {t:.4f}") + f" ({tune.seconds:.1f} s of training)")
+            done = mark

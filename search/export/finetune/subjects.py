@@ -65,7 +65,7 @@ def trial_subject(ctx: StudyContext, scoring: Scoring, trial: FrozenTrial, how: 
 
     card = {"study": config.name, "trial": trial.number, "chosen_by": how,
             "description": ctx.space.describe(candidate), "candidate": candidate,
-            "search": {"accuracy": record.accuracy, "latency_ms": trial.values[1]}}
+            "search": {"accuracy": record.accuracy, "latency_ms": trial.values[1], "screened": record.screened}}
     return Subject(f"trial #{trial.number}", candidate, seed, ctx.space.teacher_for(candidate), card, build, begin)
 
 
