@@ -53,7 +53,7 @@ def finetune(
     config, study = open_study(run_dir)
     chosen = choose_trial(study, trial, pick)
     how = f"--trial {trial}" if trial is not None else f"--pick {pick or 'knee'}"
-    folder = Path(out) if out is not None else default_out(config.run_dir, chosen.number)
+    folder = Path(out) if out is not None else default_out(Path(run_dir), chosen.number)
     return _fine_tune(
         config, study, plan, folder, f"trial #{chosen.number}", trial_identity(config.name, chosen),
         lambda ctx, scoring: trial_subject(ctx, scoring, chosen, how, plan.start, say), force, say, progress,

@@ -4,7 +4,6 @@ the validation and test images, checkpointed after each (a kill loses at most th
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -49,6 +48,13 @@ def history_row(tune: FineTune, epoch: float, session: int, val: float, test: fl
             "device": device_name(tune.settings.device)}
 
 
+def _bar(label: str, progress: bool) -> StepProgress | None:
+    """A progress bar where output goes to a terminal and `progress` asks for one (in a log, the line per epoch says
+    how far the fine-tune is)."""
+    bar = StepProgress(f"fine-tuning {label}", "epochs") if progress else None
+    return bar if bar is not None and bar.console.is_terminal else None
+
+
 def train_epochs(
     tune: FineTune, saved: Saved, out: Path, label: str, val: Split, test: Split | None,
     say: Callable[[str], None], progress: bool,
@@ -60,8 +66,7 @@ def train_epochs(
     saved.sessions += 1
     lock = MachineLock(say=say)
     done = saved.epochs_done
-    bar = StepProgress(f"fine-tuning {label}", "epochs", every_s=math.inf) if progress else nullcontext()
-    with bar as step:
+    with _bar(label, progress) or nullcontext() as step:
         for mark in (m for m in epoch_marks(epochs) if m > done):
             parts = max(1, min(PARTS, tune.steps_at(mark) - tune.step))
             for k in range(1, parts + 1):
