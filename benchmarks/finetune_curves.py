@@ -110,6 +110,7 @@ def test_curve(out: Path) -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
+    """Choose the three networks (or read them back), fine-tune each, draw the curves and write the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=ROOT / "studies/cifar10_resnet56_cpu.yaml")
     parser.add_argument("--target", type=float, default=2.0, help="measured speed-up over the base")

@@ -196,6 +196,7 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - self.warmup_steps) / span)))
 
     def get_lr(self) -> list[float]:
+        """Each group's learning rate at the scheduler's step."""
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
 

@@ -80,6 +80,7 @@ class FineTunePlan:
 
 
 def _finite(value: float) -> bool:
+    """Whether `value` is a number and neither NaN nor infinite."""
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

@@ -112,5 +112,6 @@ def _network(who: dict[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
+    """`value` as text, cut to 60 characters for a message."""
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "…"
