@@ -40,11 +40,14 @@ from search.recipe.config import load_config  # noqa: E402
 from search.results.record import TrialRecord  # noqa: E402
 from search.study.executors.inprocess import run_study  # noqa: E402
 from search.trial.build import build_context  # noqa: E402
+from search.trial.locks import MachineLock  # noqa: E402
 from search.trial.scoring.scoring import train_settings  # noqa: E402
 from spaces.compress import compress  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
+KEEP_GRID = [round(0.2 + 0.05 * i, 2) for i in range(17)]  # uniform keep shares, mildest last
+TP_GRID = [round(0.025 * i, 3) for i in range(1, 39)]  # Torch-Pruning pruning ratios, mildest first
 
 
 class Timer:
@@ -60,7 +63,11 @@ class Timer:
         return self.backend.runner(path, self.batch)
 
     def speedup(self, model: nn.Module, rounds: int = 5, runs: int = 60) -> float:
-        return interleaved({"base": self.base, "x": self.runner(model)}, "base", rounds=rounds, runs=runs)[1].speedup
+        """`model`'s speed-up over the base, timed with the machine to itself (no slimsearch fine-tune or measurement
+        of another process meanwhile)."""
+        runner = self.runner(model)
+        with MachineLock().measuring():
+            return interleaved({"base": self.base, "x": runner}, "base", rounds=rounds, runs=runs)[1].speedup
 
 
 def smallest_meeting(build: Callable[[float], nn.Module], grid: list[float], target: float, timer: Timer,
@@ -78,6 +85,30 @@ def smallest_meeting(build: Callable[[float], nn.Module], grid: list[float], tar
         else:
             lo = mid + 1
     return found
+
+
+def uniform_l1(space: object, keep: float, round_to: int) -> nn.Module:
+    """The base pruned uniformly by L1 magnitude: every group keeps the share `keep`, widths rounded to `round_to`."""
+    return compress(space.base, space.example_input, keep=keep, round_to=round_to)
+
+
+def uniform_meeting(space: object, data: object, target: float,
+                    timer: Timer) -> tuple[float, int, nn.Module, float] | None:
+    """Uniform L1 pruning at its best rounding for a measured speed-up `target`: at round_to 4, 8 and 16 the mildest
+    keep that reaches it, and of those the network with the most MACs: (keep, round_to, network, speed-up)."""
+    best = None
+    for rt in (4, 8, 16):
+        hit = smallest_meeting(lambda k, rt=rt: uniform_l1(space, k, rt), KEEP_GRID, target, timer, cheaper_up=False)
+        if hit and (best is None or measure_cost(hit[1], data.input_shape).macs >
+                    measure_cost(best[2], data.input_shape).macs):
+            best = (hit[0], rt, hit[1], hit[2])
+    return best
+
+
+def tp_meeting(space: object, data: object, target: float, timer: Timer) -> tuple[float, nn.Module, float] | None:
+    """Torch-Pruning's global L1 pruning at the mildest `pruning_ratio` whose measured speed-up reaches `target`:
+    (ratio, network, speed-up)."""
+    return smallest_meeting(lambda r: tp_global_l1(space.base, data, r, None), TP_GRID, target, timer, cheaper_up=True)
 
 
 def finetune_test(model: nn.Module, base: nn.Module, data: object, config: object, epochs: float,
@@ -139,19 +170,11 @@ def main() -> None:
 
         timer = Timer(backend, space.base, data.input_shape, lat.batch_size, Path(tmp))
         chosen: dict[tuple[str, float], tuple[nn.Module, str]] = {}
-        keep_grid = [round(0.2 + 0.05 * i, 2) for i in range(17)]
         for target in args.targets:
-            best = None
-            for rt in (4, 8, 16):
-                hit = smallest_meeting(lambda k, rt=rt: compress(space.base, space.example_input, keep=k, round_to=rt),
-                                       keep_grid, target, timer, cheaper_up=False)
-                if hit and (best is None or measure_cost(hit[1], data.input_shape).macs >
-                            measure_cost(best[1], data.input_shape).macs):
-                    best = (hit[0], hit[1], hit[2], rt)
+            best = uniform_meeting(space, data, target, timer)
             if best:
-                chosen[("uniform L1", target)] = (best[1], f"keep {best[0]:.2f}, round_to {best[3]}")
-            hit = smallest_meeting(lambda r: tp_global_l1(space.base, data, r, None), [round(0.025 * i, 3)
-                                   for i in range(1, 39)], target, timer, cheaper_up=True)
+                chosen[("uniform L1", target)] = (best[2], f"keep {best[0]:.2f}, round_to {best[1]}")
+            hit = tp_meeting(space, data, target, timer)
             if hit:
                 chosen[("Torch-Pruning global L1", target)] = (hit[1], f"pruning_ratio {hit[0]:.3f}")
             hit = smallest_meeting(

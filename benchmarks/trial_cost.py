@@ -66,7 +66,7 @@ def part_times(ctx: StudyContext, n: int, folder: Path) -> dict[str, list[float]
     for i, candidate in enumerate(spanning(ctx, n, 1.2, 3.0, pool=200)):
         model = timed("build", ctx.space.build, candidate)
         timed("cost count", measure_cost, model, ctx.data.input_shape)
-        timed("table prediction", lambda: ctx.table.predict(ctx.space.units(candidate)))
+        timed("table prediction", lambda: ctx.predictor.predict(candidate))
         timed("adaptive BN", recalibrate_bn, model, ctx.data.train, settings.bn_batches, settings.batch_size, i)
         timed("evaluation", evaluate, model, scoring.validation())
         tune = scoring.fine_tune(model, i, candidate=candidate)

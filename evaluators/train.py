@@ -1,5 +1,6 @@
-"""The one training loop: quick fine-tunes, multi-fidelity rungs, sparsity training and base training all run
-through `FineTune` — SGD on a one-cycle schedule, optional distillation and BatchNorm sparsity, then accuracy.
+"""The one training loop: quick fine-tunes, multi-fidelity rungs, sparsity training, base training and the long
+fine-tune of a picked trial all run through `FineTune` — SGD on a one-cycle or a cosine schedule, optional
+distillation and BatchNorm sparsity, then accuracy.
 
 The training split stays on the training device (see evaluators.device_data); on a CUDA GPU the steps run under
 bf16 autocast with the networks and batches in channels_last, so an epoch of ResNet-56 on CIFAR-10 takes seconds.
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from evaluators.device_data import on_device
 from evaluators.splits import DataBundle, Split, subset_indices
 
+SCHEDULES = ("one-cycle", "cosine")
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the candidate fails its trial with this reason."""
@@ -27,8 +30,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainSettings:
-    """How long and how hard a candidate is fine-tuned. `warmup`: share of the steps over which the one-cycle
-    learning rate rises to `lr`. `bn_l1`: weight λ of the L1 penalty λ·Σ|γ| on every BatchNorm scale (Network
+    """How long and how hard a candidate is fine-tuned. `schedule`: `one-cycle` (the learning rate rises to `lr`
+    over the `warmup` share of the steps and anneals, momentum swinging against it; quick fine-tunes) or `cosine`
+    (a linear rise to `lr` over the `warmup` share, then half a cosine down to 0, momentum fixed; long fine-tunes). `bn_l1`: weight λ of the L1 penalty λ·Σ|γ| on every BatchNorm scale (Network
     Slimming's sparsity training); 0 leaves training as it is. `bf16` (autocast) and `channels_last`: None turns
     each on where `device` is a CUDA GPU and off on the CPU (where a run continued is bit-identical to a straight
     one)."""
@@ -46,6 +50,7 @@ class TrainSettings:
     bn_l1: float = 0.0
     device: str = "cpu"
     warmup: float = 0.15
+    schedule: str = "one-cycle"
     bf16: bool | None = None
     channels_last: bool | None = None
 
@@ -173,9 +178,34 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     ) * (t * t)
 
 
+class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
+    """The learning rate rising linearly to its base over `warmup_steps`, then falling along half a cosine to 0 at
+    `total_steps` (and staying there). Closed form in the step, so a schedule rebuilt at any step (a replan, a
+    continued fine-tune) is exactly where a straight one would be; its plan is in its state_dict."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                 last_epoch: int = -1) -> None:
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """The share of the base learning rate after `step` steps."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - self.warmup_steps) / span)))
+
+    def get_lr(self) -> list[float]:
+        """Each group's learning rate at the scheduler's step."""
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+Schedule = torch.optim.lr_scheduler.OneCycleLR | WarmupCosine
+
+
 class FineTune:
-    """A fine-tune of `model` planned for `settings.epochs`: SGD with Nesterov momentum on a one-cycle schedule over
-    the whole plan, optionally distilled from `teacher`. It runs in pieces — `run_to(epochs)` trains up to that
+    """A fine-tune of `model` planned for `settings.epochs`: SGD with Nesterov momentum on a one-cycle or cosine
+    schedule over the whole plan, optionally distilled from `teacher`. It runs in pieces — `run_to(epochs)` trains up to that
     point of the plan — and `state_dict()` holds everything it depends on (weights, optimizer, schedule, the
     epoch's image order, augmentation seed and position, random states), so a fine-tune cut anywhere and continued,
     in this process or another, takes exactly the steps one run straight through would (bit for bit on the CPU)."""
@@ -195,7 +225,9 @@ class FineTune:
             model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
             nesterov=settings.momentum > 0,
         )
-        self.scheduler = self._one_cycle(self.total_steps, -1)
+        if settings.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {settings.schedule!r}")
+        self.scheduler = self._schedule(self.total_steps, -1)
         self.step, self.loss = 0, float("nan")
         self.order: torch.Tensor | None = None
         self.augment_seed = 0  # drawn with each epoch's order; a batch's flips and crops are seeded by it
@@ -204,9 +236,11 @@ class FineTune:
         self._epoch_rows: torch.Tensor | None = None  # the epoch's order as rows of data.train, on the device
         self._last_loss: torch.Tensor | None = None
 
-    def _one_cycle(self, total_steps: int, last_step: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    def _schedule(self, total_steps: int, last_step: int) -> Schedule:
         """The schedule over `total_steps`, positioned after `last_step` (-1: at the start)."""
         s = self.settings
+        if s.schedule == "cosine":
+            return WarmupCosine(self.optimizer, total_steps, int(round(float(s.warmup) * total_steps)), last_step)
         return torch.optim.lr_scheduler.OneCycleLR(  # momentum swings ±0.05 against the learning rate
             self.optimizer, max_lr=s.lr, total_steps=total_steps, pct_start=float(s.warmup),
             cycle_momentum=s.momentum > 0, base_momentum=max(0.0, round(s.momentum - 0.05, 6)),
@@ -218,10 +252,10 @@ class FineTune:
         return max(1, int(round(epochs * self.steps_per_epoch)))
 
     def replan(self, epochs: float) -> None:
-        """Change the plan to `epochs` (at least one step more than taken): the one-cycle schedule goes on from the
-        current step along the cycle of the new length — a run cut short by a time budget still anneals."""
+        """Change the plan to `epochs` (at least one step more than taken): the schedule goes on from the current
+        step along the one of the new length — a run cut short by a time budget still anneals."""
         self.total_steps = max(self.step + 1, self.steps_at(epochs))
-        self.scheduler = self._one_cycle(self.total_steps, self.step - 1)
+        self.scheduler = self._schedule(self.total_steps, self.step - 1)
 
     def run_to(self, epochs: float) -> float:
         """Train on `settings.device` until `epochs` of the plan are done (the model is back on the CPU after);

@@ -32,6 +32,17 @@ def tiny_recipe(tmp_path: Path, **changes: object) -> dict:
     return set_dotted(raw, changes)
 
 
+def tiny_study(tmp_path: Path, **changes: object) -> tuple:
+    """A tiny digits study (`tiny_recipe` with `changes`) written to `tmp_path`, run to its end: (config, study)."""
+    from search.recipe.config import load_config
+    from search.study.executors.inprocess import run_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **changes)))
+    config = load_config(path)
+    return config, run_study(config, show_progress=False)
+
+
 def set_dotted(raw: dict, changes: dict) -> dict:
     """`raw` with each dotted key of `changes` (`train.epochs`) set, missing mappings made on the way."""
     for key, value in changes.items():

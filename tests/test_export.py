@@ -9,7 +9,6 @@ import onnxruntime as ort
 import optuna
 import pytest
 import torch
-import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -18,12 +17,10 @@ from search.cli import main
 from search.errors import UsageError
 from search.export.picks import choose_trial, knee, pick_trial
 from search.export.trial import rebuild
-from search.recipe.config import load_config
 from search.results.artifacts import WEIGHTS, trial_artifacts
 from search.results.front import front_numbers
-from search.study.executors.inprocess import run_study
 from search.trial.build import build_context
-from tests.conftest import tiny_recipe
+from tests.conftest import tiny_study
 
 FILES = {"model.pt", "candidate.json", "recipe.yaml", "model.onnx", "card.md", "card.json"}
 
@@ -31,11 +28,7 @@ FILES = {"model.pt", "candidate.json", "recipe.yaml", "model.onnx", "card.md", "
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A three-trial digits study, run once for the tests of this module."""
-    tmp = tmp_path_factory.mktemp("export")
-    path = tmp / "study.yaml"
-    path.write_text(yaml.safe_dump(tiny_recipe(tmp, **{"search.trials": 3})))
-    config = load_config(path)
-    study = run_study(config, show_progress=False)
+    config, study = tiny_study(tmp_path_factory.mktemp("export"), **{"search.trials": 3})
     trials = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     return config, study, trials
 

@@ -161,6 +161,10 @@ CASES: list[Case] = [
     ("table-missing", with_set("latency.table={tmp}/nope.json", "latency.budget_ms=1", command="run"), "nope.json"),
     ("status-not-run", argv("status", "{tmp}"), "not a run directory"),
     ("export-not-run", argv("export", "{tmp}", "--trial", "0", "--out", "{tmp}/out"), "not a run directory"),
+    ("finetune-not-run", argv("finetune", "{tmp}", "--trial", "0", "--epochs", "1", "--out", "{tmp}/out"),
+     "not a run directory"),
+    ("finetune-epochs-nan", argv("finetune", "{tmp}", "--pick", "knee", "--epochs", "nan", "--out", "{tmp}/out"),
+     "--epochs"),
 ]
 
 if not torch.cuda.is_available():
@@ -172,6 +176,7 @@ ARGPARSE_CASES: list[Case] = [
     ("trials-0", argv("run", "{recipe}", "--trials", "0"), "--trials"),
     ("workers-text", argv("run", "{recipe}", "--workers", "many"), "--workers"),
     ("port-huge", argv("dashboard", "{tmp}", "--port", "70000"), "--port"),
+    ("finetune-epochs-text", argv("finetune", "{tmp}", "--trial", "0", "--epochs", "many"), "--epochs"),
     ("no-command", argv(), "COMMAND"),
 ]
 

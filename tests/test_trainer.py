@@ -13,7 +13,7 @@ import torch
 
 from evaluators.device_data import flip_and_crop, on_device
 from evaluators.splits import DataBundle, bundle_from_arrays, load_data
-from evaluators.train import FineTune, TrainingDiverged, TrainSettings, evaluate, train_model
+from evaluators.train import SCHEDULES, FineTune, TrainingDiverged, TrainSettings, evaluate, train_model
 from spaces.compress.nets import tiny_resnet
 
 
@@ -52,8 +52,10 @@ def reloaded(state: dict) -> dict:
     return torch.load(buffer, weights_only=False)
 
 
-def test_a_fine_tune_cut_anywhere_and_continued_is_bit_identical_to_a_straight_one(digits):
-    settings = TrainSettings(epochs=2.5, batch_size=32, max_train_samples=300, kd_alpha=0.5, bn_l1=1e-4)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_fine_tune_cut_anywhere_and_continued_is_bit_identical_to_a_straight_one(digits, schedule):
+    settings = TrainSettings(epochs=2.5, batch_size=32, max_train_samples=300, kd_alpha=0.5, bn_l1=1e-4,
+                             schedule=schedule)
     teacher = network(7).eval()
     straight = FineTune(network(), digits, settings, seed=3, teacher=teacher)
     straight.run_to(settings.epochs)
@@ -122,6 +124,22 @@ def test_a_replanned_schedule_anneals_over_the_new_plan_and_continues_with_it(di
     resumed.run_to(4)
     assert resumed.total_steps == 8 and resumed.step == 8
     assert all(torch.equal(a, b) for a, b in zip(weights(tune.model), weights(resumed.model)))
+
+
+def test_the_cosine_schedule_warms_up_then_anneals_to_zero_with_momentum_fixed(digits):
+    settings = TrainSettings(epochs=5, batch_size=64, max_train_samples=256, lr=0.1, warmup=0.2, schedule="cosine")
+    tune = FineTune(network(), digits, settings)
+    lrs, momenta = [], []
+    for step in range(1, tune.total_steps + 1):
+        tune.run_to(step / tune.steps_per_epoch)
+        lrs.append(tune.optimizer.param_groups[0]["lr"])
+        momenta.append(tune.optimizer.param_groups[0]["momentum"])
+    assert tune.total_steps == 20 and lrs[3] == pytest.approx(0.1)  # 4 warm-up steps, then the peak
+    assert lrs[:4] == sorted(lrs[:4]) and lrs[3:] == sorted(lrs[3:], reverse=True)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[11] == pytest.approx(0.05)  # half-way down: half the lr
+    assert set(momenta) == {0.9}
+    with pytest.raises(ValueError, match="schedule must be one of one-cycle, cosine"):
+        FineTune(network(), digits, dataclasses.replace(settings, schedule="step"))
 
 
 def test_a_diverging_fine_tune_raises_and_sample_caps_hold(digits):

@@ -26,6 +26,16 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trial_args(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The run directory and which of its trials: `--trial N` or `--pick RULE` (one of them, required)."""
+    from search.export.picks import PICKS
+
+    parser.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help=f"the trial number to {verb}")
+    which.add_argument("--pick", help=f"pick from the front: {', '.join(PICKS)}, 'latency<=MS' or 'accuracy>=A'")
+
+
 def add_budget_args(parser: argparse.ArgumentParser) -> None:
     """`--trials`, `--timeout` and `--no-progress`, shared by `run` and `resume`."""
     parser.add_argument("--trials", type=positive(int),

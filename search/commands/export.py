@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.commands.common import console
+from search.commands.common import add_trial_args, console
 from search.errors import UsageError
-from search.export.picks import PICKS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export one trial of a run, re-measured: its weights (model.pt + candidate.json), model.onnx "
         "(checked against PyTorch), a TensorRT engine where TensorRT runs, and a model card.",
     )
-    p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/digits_blocks")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="the trial number to export")
-    which.add_argument("--pick", help=f"pick from the front: {', '.join(PICKS)}, 'latency<=MS' or 'accuracy>=A'")
+    add_trial_args(p, "export")
     p.add_argument("--out", type=Path, required=True, help="folder to write the files into")
     p.add_argument("--finetune-epochs", type=float, help="fine-tune this many more epochs before exporting")
     p.set_defaults(func=run)

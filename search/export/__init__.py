@@ -1,1 +1,2 @@
-"""Export of a picked trial: which trial (`picks`), its files and re-scored numbers (`trial`), its model card."""
+"""Export of a picked trial: which trial (`picks`), the files it ships as (`files`), its re-scored numbers (`trial`),
+its long fine-tune (`finetune/`), its model card (`card`)."""
