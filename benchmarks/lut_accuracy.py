@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--checks", type=int, default=3, help="checks of the same candidates, one after the other")
     parser.add_argument("--samples", type=int, default=30, help="the recipe's candidates per check")
     parser.add_argument("--burner", action="store_true", help="a CPU burner on one core during the checks")
+    parser.add_argument("--max-configs", type=int, default=2000,
+                        help="build: measure every unit configuration up to this many, else those of 200 candidates")
     args = parser.parse_args()
     config = load_config(args.recipe, args.overrides)
     space = build_space(config, recipe_data(config))
@@ -49,7 +51,8 @@ def main() -> None:
     path = args.table or OUT / f"lut-{variant_name(args.recipe, args.overrides)}.json"
     if not path.is_file():
         with StepProgress("lut build", "measurements") as step:
-            report = build_study_table(config, space, backend, seed=config.seed, progress=step)
+            report = build_study_table(config, space, backend, max_configs=args.max_configs, seed=config.seed,
+                                       progress=step)
         report.table.save(path)
     table = open_table(path, backend, lat.precision, lat.batch_size)
     built = dt.datetime.fromisoformat(table.protocol["created"])
