@@ -14,8 +14,9 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from registry import UnknownName
-from search.errors import ConfigError
+from search.errors import ConfigError, file_problem
 from search.recipe.sections import ConstraintsConfig, DataConfig, LatencyConfig, SearchConfig, Section, TrainConfig
+from search.recipe.yamlfile import read_yaml
 from spaces import SPACES, get_space
 
 MAX_SEED = 2**32 - 1  # NumPy's and Optuna's samplers take seeds up to this
@@ -95,9 +96,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = read_yaml(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
         node: Any = out
         for depth, p in enumerate(parts):
             last = depth == len(parts) - 1
@@ -115,28 +118,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             else:
                 node = node[p]
     return out
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses a mapping with a key given twice (PyYAML would keep the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        """The mapping of `node`; a repeated key is a ConfigError with both line numbers."""
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise ConfigError(
-                    f"{key}: given twice in one mapping (line {seen[key]} and line {line}); keep one of them"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(text: str) -> Any:
-    """YAML text as plain data, refusing duplicate keys."""
-    return yaml.load(text, Loader=RecipeLoader)
 
 
 def _leaves(data: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -231,8 +212,9 @@ def validate_config(raw: Any, source: str = "recipe") -> StudyConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """Read a YAML recipe, apply overrides and validate it; errors name the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such recipe file")
+    why = file_problem(path)
+    if why:
+        raise ConfigError(f"{path}: {'no such recipe file' if why == 'no such file' else why}; expected a YAML recipe")
     try:
         raw = read_yaml(path.read_text())
     except UnicodeDecodeError:
