@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from registry import UnknownName
 from search.errors import ConfigError, file_problem
@@ -35,6 +35,7 @@ class StudyConfig(Section):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    _located: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _top_rung_is_the_fine_tune(self) -> "StudyConfig":
@@ -58,7 +59,12 @@ class StudyConfig(Section):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """The run directory: where it was found (`locate`), else `output_dir/name`."""
+        return self._located or Path(self.output_dir) / self.name
+
+    def locate(self, run_dir: Path) -> None:
+        """Take the run directory to be `run_dir`, wherever it was copied or moved to (it keeps its study's name)."""
+        self._located = Path(run_dir)
 
     def dump(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what is frozen into the run directory)."""

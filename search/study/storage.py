@@ -20,8 +20,7 @@ from search.recipe.config import StudyConfig
 from search.recipe.frozen import (
     CONFIG_FILE,
     check_and_freeze,
-    own_storage,
-    read_frozen,
+    read_run_config,
     remove_failed_start,
     run_dir_storage,
 )
@@ -115,11 +114,7 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); start one with `slimsearch run`")
-    config = read_frozen(path)
-    config.storage = own_storage(config)
-    if run_dir.resolve().name == config.name:
-        config.output_dir = str(run_dir.resolve().parent)
-    return config
+    return read_run_config(run_dir)
 
 
 def create_or_load_study(config: StudyConfig) -> optuna.Study:
