@@ -16,6 +16,8 @@ USAGE_ERRORS = (  # (module, class): errors of the layers below that are bad inp
     ("registry", "UnknownName"), ("spaces.compress.errors", "CompressError"),
 )
 
+STORAGE_ERRORS = (("sqlalchemy.exc", "DatabaseError"), ("optuna.exceptions", "StorageInternalError"))
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every sub-command, each registered by its module."""
@@ -33,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+
+
+def database_reason(exc: BaseException) -> str:
+    """The database's own words for a failed query (SQLAlchemy wraps them with the SQL, Optuna wraps SQLAlchemy)."""
+    while exc.__cause__ is not None and getattr(exc, "orig", None) is None:
+        exc = exc.__cause__
+    return str(getattr(exc, "orig", None) or exc)
 
 
 def loaded(pairs: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
@@ -54,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if isinstance(exc, loaded((("evaluators.splits", "DataError"),))):
             _error(f"data: {exc}")
+        elif isinstance(exc, loaded(STORAGE_ERRORS)):
+            _error(f"storage: the study database failed: {database_reason(exc)}")
         elif isinstance(exc, loaded(USAGE_ERRORS)):
             _error(str(exc))
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from search.recipe.frozen import (
     read_run_config,
     remove_failed_start,
     run_dir_storage,
+    sqlite_file,
 )
 from search.results.record import evaluated
 from search.study.recovery import grace_period, recover_stale_trials
@@ -40,9 +43,35 @@ def storage_url(config: StudyConfig) -> str:
     return config.storage or run_dir_storage(config.run_dir)
 
 
+def sqlite_damage(url: str) -> str | None:
+    """What SQLite's quick check finds wrong with the database file of `url` (None where nothing is, where the file
+    does not exist yet, or where `url` is not SQLite): a damaged file would otherwise fail some query later, with
+    a traceback."""
+    found = sqlite_file(url)
+    if found is None or not found[0].is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{found[0].resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        return None  # busy or locked: opening it says so
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    problems = [line for (text,) in rows for line in str(text).splitlines() if line != "ok" and "***" not in line]
+    return None if not problems else "; ".join(problems[:2])
+
+
 def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats, so trials of a killed process are found stale and retried (twice at most)."""
+    """RDB storage with heartbeats, so trials of a killed process are found stale and retried (twice at most). A
+    damaged SQLite file is a UsageError that says so."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    damage = sqlite_damage(url)
+    if damage:
+        raise UsageError(
+            f"storage {sqlite_file(url)[0]}: the study database is damaged ({damage}); restore it from a copy, or "
+            "delete it to start the study again (its trials are lost)"
+        )
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
