@@ -133,8 +133,32 @@ def build_model(
     return model
 
 
+SHOWN_KEYS = 5  # keys named in a checkpoint that does not fit; the rest are counted
+
+
+def _some(keys: list[str]) -> str:
+    """The first `SHOWN_KEYS` of `keys`, then how many more."""
+    more = len(keys) - SHOWN_KEYS
+    return ", ".join(keys[:SHOWN_KEYS]) + (f", … ({more} more)" if more > 0 else "")
+
+
+def misfit(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """How a state dict fails to fit `model` (None where it fits): how many of the model's keys it lacks, how many
+    it has that the model does not, and how many differ in shape — counted, with a few of each named."""
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in state]
+    unexpected = [k for k in state if k not in wanted]
+    reshaped = [f"{k} {tuple(state[k].shape)} for {tuple(v.shape)}" for k, v in wanted.items()
+                if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    parts = [f"{len(missing)} of the model's {len(wanted)} keys missing ({_some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({_some(unexpected)})" if unexpected else "",
+             f"{len(reshaped)} of another shape ({_some(reshaped)})" if reshaped else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict (bare, or under a `state_dict` / `model` key) from `path` into `model`, strictly."""
+    """Load a state dict (bare, or under a `state_dict` / `model` key) from `path` into `model`, strictly; a file
+    that holds no state dict, or one of another architecture, is a CompressError saying how it differs."""
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"checkpoint {path}: no such file")
@@ -148,9 +172,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CompressError(
+            f"checkpoint {path}: holds a {type(state).__name__}, not a state dict (parameter names to tensors); save "
+            "one with torch.save(model.state_dict(), path)"
+        )
+    why = misfit(model, state)
+    if why:
+        raise CompressError(f"checkpoint {path} does not fit the base model {type(model).__name__}: {why}")
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:
         raise CompressError(f"checkpoint {path} does not fit the base model: {exc}") from None
     return model
 

@@ -55,6 +55,18 @@ def base_settings(config: StudyConfig) -> TrainSettings:
     )
 
 
+def _read_cached(path: Path) -> dict[str, Any]:
+    """A network the study trained and cached at `path`; a damaged file is a UsageError that says to delete it."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise UsageError(f"{path}: damaged (not a network this study trained); delete it, and the next run trains "
+                         "it again")
+    return saved
+
+
 def cached_training(
     path: Path, wanted: dict[str, Any], model: nn.Module, train: Callable[[nn.Module], object]
 ) -> bool:
@@ -62,7 +74,7 @@ def cached_training(
     there (atomically) first. Worker processes of one study train each network once. Returns whether it trained."""
     with locked(path.parent / "base.lock"):
         if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = _read_cached(path)
             if saved.get("provenance") != wanted:
                 raise UsageError(
                     f"{path} holds a network trained as {saved.get('provenance')}, but the recipe asks for {wanted}; "
@@ -119,7 +131,10 @@ def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
             prunable_groups(model, example, config.space.exclude)
         if spec.checkpoint:
             path = Path(spec.checkpoint)
-            load_checkpoint(model, path)
+            try:
+                load_checkpoint(model, path)
+            except CompressError as exc:
+                raise CompressError(f"space.base.checkpoint: {exc}") from None
         else:
             path = _train_or_load(config, data, model)
     except CompressError as exc:
