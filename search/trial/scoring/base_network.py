@@ -22,7 +22,7 @@ from search.errors import UsageError
 from search.recipe.config import StudyConfig
 from search.trial.locks import locked
 from search.trial.steps import StepProgress
-from spaces.compress import CompressError, build_model, check_exclusions, load_checkpoint, prunable_groups
+from spaces.compress import CompressError, build_model, check_exclusions, check_prunable, load_checkpoint
 
 BASE_FILE = "base.pt"
 TAYLOR_IMAGES = 256  # the labelled batch Taylor importance takes its gradients on
@@ -128,7 +128,7 @@ def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
         example = torch.zeros(1, *data.input_shape)
         check_exclusions(model, example, config.space.exclude)
         if config.space.keep[0] < 1:  # refuse a network that cannot be pruned before training it
-            prunable_groups(model, example, config.space.exclude)
+            check_prunable(model, example, config.space.exclude)
         if spec.checkpoint:
             path = Path(spec.checkpoint)
             try:
