@@ -57,6 +57,17 @@ class StudyConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _latency_greedy_needs_a_table(self) -> "StudyConfig":
+        policy = self.space.get("policy") if isinstance(self.space, dict) else getattr(self.space, "policy", None)
+        if isinstance(policy, list) and "latency_greedy" in policy and self.latency.table is None:
+            raise ValueError(
+                "space.policy: latency_greedy removes the channels that save the most predicted latency, so it needs "
+                "a latency table to predict with: set latency.table (see `slimsearch lut build`), or leave "
+                "latency_greedy out"
+            )
+        return self
+
     @property
     def run_dir(self) -> Path:
         """The run directory: where it was found (`locate`), else `output_dir/name`."""
@@ -78,6 +89,9 @@ def _format_errors(source: str, exc: ValidationError, prefix: str = "") -> str:
     for err in exc.errors():
         loc = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".")
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] and re.match(r"[a-z_]+\.[\w.]+[: ]", msg):  # a check across keys names its key first
+            lines.append(prefix + msg)
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the recipe reference in the README)"
         elif err["type"] == "missing":
