@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.markup import escape
 
 from search.commands import COMMANDS
 from search.errors import UsageError
+from search.study.interrupt import interruptible, received
 
 USAGE_ERRORS = (  # (module, class): errors of the layers below that are bad input, printed as one message
     ("evaluators.latency.table", "TableError"), ("evaluators.to_onnx", "ExportError"),
@@ -51,12 +53,13 @@ def loaded(pairs: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; usage, recipe, data, checkpoint, export, latency-table and unknown-name errors print one
-    message and exit with code 2."""
+    """Entry point; usage, recipe, data, checkpoint, export, latency-table, storage and unknown-name errors print one
+    message and exit with code 2; Ctrl-C (or SIGTERM) prints one line and exits with 128 + the signal (130, 143)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with interruptible():
+            return int(args.func(args) or 0)
     except UsageError as exc:
         _error(str(exc))
         return exc.exit_code
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return UsageError.exit_code
     except KeyboardInterrupt:
         Console(stderr=True, soft_wrap=True).print("interrupted; completed trials are saved — resume with the same command")
-        return 130
+        return 128 + (received() or signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Ctrl-C (SIGINT) and `kill` (SIGTERM) during a command: it stops at once, with one line and no traceback, and the
+interrupt is never lost.
+
+Python raises KeyboardInterrupt wherever the main thread happens to be; inside a garbage-collection callback (as
+SQLAlchemy registers) it is printed as "Exception ignored" and lost, and a study would run on to its end. So the
+handler also remembers the signal, and the study checks for one after each trial (`raise_if_interrupted`). Optuna
+logs the trial an interrupt ends as failed, with a traceback: that log is left out while an interrupt is pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+OPTUNA_TRIAL_LOG = "optuna.study._optimize"  # the logger of Optuna's "Trial N failed ..." warnings
+_pending: list[int] = []  # the signals received, in order
+
+
+def _remember(signum: int, frame: FrameType | None) -> None:
+    """The handler: remember the signal, and interrupt what runs now."""
+    _pending.append(signum)
+    raise KeyboardInterrupt
+
+
+class _QuietWhileInterrupted(logging.Filter):
+    """Leaves out log records once an interrupt is pending."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _pending
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (`received`), and Optuna's log
+    of the trial they end is left out. A signal the parent process ignores (a job started with `nohup`, or in the
+    background of a script) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, _remember)
+    quiet = _QuietWhileInterrupted()
+    logging.getLogger(OPTUNA_TRIAL_LOG).addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger(OPTUNA_TRIAL_LOG).removeFilter(quiet)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def received() -> int | None:
+    """The first signal received within `interruptible` (None: none was)."""
+    return _pending[0] if _pending else None
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt where a signal was received, even if the KeyboardInterrupt it raised was lost."""
+    if _pending:
+        raise KeyboardInterrupt
