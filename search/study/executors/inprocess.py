@@ -3,7 +3,6 @@ loop; `--workers N` runs N of them)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -44,9 +43,8 @@ def run_study(
     listeners = (StopAtBudget(target), cap, PruneArtifacts(artifact_store(config.run_dir)))
     done = completed(study)
     if done < target:
-        bar = StudyProgress(target, done, ctx.space.describe) if show_progress else None
-        with bar or contextlib.nullcontext():
-            study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[AfterTrial(*listeners, bar)])
+        with StudyProgress(target, done, ctx.space.describe, bar=show_progress) as progress:
+            study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[AfterTrial(*listeners, progress)])
     if cap.tripped:
         raise cap.failures.error(cap.last_error)
     return study

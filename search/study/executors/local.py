@@ -92,11 +92,8 @@ def run_workers(
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_worker, recipe, target, timeout, workers) for _ in range(workers)]
         try:
-            if show_progress:
-                with StudyProgress(target, done, get_space(config.space.type).describe) as bar:
-                    _wait(futures, StorageFollower(study, AfterTrial(bar)))
-            else:
-                _wait(futures, None)
+            with StudyProgress(target, done, get_space(config.space.type).describe, bar=show_progress) as progress:
+                _wait(futures, StorageFollower(study, AfterTrial(progress)))
         except BaseException:
             _stop(pool)
             raise
@@ -116,10 +113,9 @@ def run_local(config: StudyConfig, trials: int | None, timeout: float | None, sh
     return run_study(config, trials=trials, timeout=timeout, show_progress=show_progress)
 
 
-def _wait(futures: list[Future], follower: StorageFollower | None) -> None:
+def _wait(futures: list[Future], follower: StorageFollower) -> None:
     """Wait for every worker to end, following the storage meanwhile."""
     pending = set(futures)
     while pending:
         _, pending = wait(pending, timeout=POLL_SECONDS)
-        if follower is not None:
-            follower.poll()
+        follower.poll()

@@ -195,7 +195,7 @@ def _tune(
         mode=["max" if d == "maximize" else "min" for d in DIRECTIONS],
         sampler=make_sampler(config), storage=storage, study_name=config.name,
     )
-    progress = StudyProgress(target, completed(study), space.describe) if show_progress else None
+    progress = StudyProgress(target, completed(study), space.describe, bar=show_progress)
     after_trial = AfterTrial(PruneArtifacts(artifact_store(config.run_dir)), progress)
     searcher = StudySearcher(optuna_search, study, storage, target, timeout, max_consecutive_failures, after_trial)
     run_dir = config.run_dir.resolve()
@@ -213,7 +213,7 @@ def _tune(
         run_config=tune.RunConfig(storage_path=str(run_dir / "ray"), verbose=0),
     )
     try:
-        with searcher.heartbeats(), tune_environment(), progress or contextlib.nullcontext():
+        with searcher.heartbeats(), tune_environment(), progress:
             tuner.fit()
     finally:
         abandoned = searcher.abandon_live("the Ray run was stopped before this trial finished")
