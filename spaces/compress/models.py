@@ -6,8 +6,10 @@ import difflib
 import hashlib
 import importlib
 import inspect
+import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -74,15 +76,49 @@ def timm_model(name: str, in_channels: int, num_classes: int, image_size: int, k
         raise CompressError(f"base model 'timm:{name}' with arguments {args}: {exc}") from None
 
 
-def callable_model(
-    target: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]
-) -> nn.Module:
-    """Call `package.module:callable`, passing num_classes / in_channels / image_size where it takes them."""
+def stdlib_module(target: str) -> str | None:
+    """The standard-library package `package.module:callable` names (None where it names another): Python's own
+    library builds no network, and calling into it (`os:system`) runs what the recipe's arguments say."""
+    top = target.partition(":")[0].split(".")[0]
+    return top if top in sys.stdlib_module_names or top == "builtins" else None
+
+
+def model_builder(target: str) -> Callable[..., Any]:
+    """The callable `package.module:callable` names, refused before it is ever called where it cannot build an
+    `nn.Module`: a standard-library or compiled function, a class that is no `nn.Module`, or a function whose return
+    annotation is another type. (A recipe is code: importing its module runs that module.)"""
+    stdlib = stdlib_module(target)
+    if stdlib:
+        raise CompressError(f"space.base.model: {target!r} is in Python's standard library ({stdlib}), which builds no "
+                            "network; name a function or class that returns an nn.Module")
     module_name, _, attr = target.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise CompressError(f"base model {target!r}: cannot import it ({exc})") from None
+    if inspect.isclass(fn):
+        if not issubclass(fn, nn.Module):
+            raise CompressError(f"space.base.model: {target!r} is the class {fn.__name__}, not an nn.Module")
+        return fn
+    if not inspect.isfunction(fn):
+        raise CompressError(f"space.base.model: {target!r} is a {type(fn).__name__}, not a Python function or an "
+                            "nn.Module class that builds the network")
+    try:
+        returns = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that does not resolve says nothing either way
+        returns = None
+    if inspect.isclass(returns) and not issubclass(returns, nn.Module):
+        raise CompressError(f"space.base.model: {target!r} returns {returns.__name__} (its annotation), not an "
+                            "nn.Module")
+    return fn
+
+
+def callable_model(
+    target: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Call `package.module:callable` (vetted by `model_builder`), passing num_classes / in_channels / image_size
+    where it takes them."""
+    fn = model_builder(target)
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
@@ -93,7 +129,7 @@ def callable_model(
     except (TypeError, ValueError, AssertionError) as exc:
         raise CompressError(f"base model {target!r} with arguments {args}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise CompressError(f"base model {target!r} returned {type(model).__name__}, expected an nn.Module")
+        raise CompressError(f"space.base.model: {target!r} returned {type(model).__name__}, expected an nn.Module")
     return model
 
 
