@@ -203,6 +203,8 @@ def writable_parent(output_dir: str) -> str | None:
 
 def validate_config(raw: Any, source: str = "recipe") -> StudyConfig:
     """Validate plain data into a StudyConfig; every problem is reported in one ConfigError."""
+    if raw is None:
+        raise ConfigError(f"{source}: the recipe is empty; write its keys, as in studies/digits_blocks.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
     bad = non_finite_numbers(raw)
