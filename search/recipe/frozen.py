@@ -218,12 +218,15 @@ def check_and_freeze(config: StudyConfig, storage: str, evaluated: Callable[[], 
 LEFTOVERS = ("study.db", "study.db-journal", "base.lock", "anchors.lock", "artifacts", "tensorrt", "ray")  # a start makes
 
 
-def remove_failed_start(run_dir: Path) -> None:
-    """Take back a run directory this process created and could not start a study in: its frozen recipe, the
-    study database it created (no trial ran in it), the empty lock files and folders a start leaves, then the
-    directory itself where nothing else is in it (a trained base network, for one, is kept for the next start)."""
+def remove_failed_start(run_dir: Path, kept: frozenset[str] = frozenset()) -> None:
+    """Take back a run directory this process created (or first froze a recipe in) and could not start a study in:
+    its frozen recipe, the study database it created (no trial ran in it), the empty lock files and folders a start
+    leaves, then the directory itself where nothing else is in it (a trained base network, for one, is kept for the
+    next start). Names in `kept`, there before the start, are left alone."""
     (run_dir / CONFIG_FILE).unlink(missing_ok=True)
     for name in LEFTOVERS:
+        if name in kept:
+            continue
         path = run_dir / name
         try:
             if path.is_dir():

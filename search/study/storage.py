@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 import warnings
@@ -122,18 +123,17 @@ def stored_evaluations(config: StudyConfig) -> int:
 def frozen_recipe(config: StudyConfig) -> Iterator[None]:
     """Freeze the resolved recipe (with its storage URL) into the run directory, refusing one that changes an
     existing study with evaluated trials (see search/recipe/frozen.py). Wraps the opening of the study: if that fails
-    in a new run directory, the frozen recipe and the directory are taken back, so a corrected command (another
-    --storage, a data root that exists) can start it and no empty run directory is left."""
-    new_dir = not config.run_dir.exists()
+    where no recipe was frozen yet, what this start made is taken back (the frozen recipe, the database, empty lock
+    files; the directory where it made that too), so a corrected command (another --storage, a data root that
+    exists) can start it and no empty run directory is left."""
     fresh = not (config.run_dir / CONFIG_FILE).exists()
+    there = frozenset(os.listdir(config.run_dir)) if config.run_dir.is_dir() else frozenset()
     check_and_freeze(config, storage_url(config), lambda: stored_evaluations(config))
     try:
         yield
     except BaseException:
-        if new_dir:
-            remove_failed_start(config.run_dir)
-        elif fresh:
-            (config.run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        if fresh:
+            remove_failed_start(config.run_dir, kept=there)
         raise
 
 
