@@ -3,18 +3,21 @@ interrupt is never lost.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be; inside a garbage-collection callback (as
 SQLAlchemy registers) it is printed as "Exception ignored" and lost, and a study would run on to its end. So the
-handler also remembers the signal, and the study checks for one after each trial (`raise_if_interrupted`). Optuna
-logs the trial an interrupt ends as failed, with a traceback: that log is left out while an interrupt is pending.
+handler also remembers the signal, the study checks for one after each trial (`raise_if_interrupted`), and the lost
+one is not printed. Optuna logs the trial an interrupt ends as failed, with a traceback: that log is left out while
+an interrupt is pending.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OPTUNA_TRIAL_LOG = "optuna.study._optimize"  # the logger of Optuna's "Trial N failed ..." warnings
@@ -48,12 +51,28 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, _remember)
     quiet = _QuietWhileInterrupted()
     logging.getLogger(OPTUNA_TRIAL_LOG).addFilter(quiet)
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _swallowed(unraisable)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         logging.getLogger(OPTUNA_TRIAL_LOG).removeFilter(quiet)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _swallowed(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable hook that says nothing of a KeyboardInterrupt Python could not raise (in a garbage-collection
+    callback, it would print "Exception ignored" and a traceback): the signal is remembered, and the study stops at
+    `raise_if_interrupted`. Anything else goes to `previous`."""
+
+    def hook(unraisable: Any) -> object:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and _pending:
+            return None
+        return previous(unraisable)
+
+    return hook
 
 
 def received() -> int | None:
