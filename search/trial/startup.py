@@ -1,5 +1,5 @@
 """Checks a study makes as it starts, once its data and latency engine are known and before anything is trained: a
-recipe that validates can still ask for less than one training step of this data, or for a precision this engine
+recipe that validates can still ask for a training that rounds to no step of this data, or for a precision this engine
 cannot time. Each is a UsageError naming the recipe key, so the start is taken back instead of failing every trial
 (or a base network trained for nothing)."""
 
@@ -28,16 +28,15 @@ def training_lengths(config: StudyConfig) -> list[tuple[str, float, int | None]]
 
 
 def check_training_lengths(config: StudyConfig, data: DataBundle) -> None:
-    """Refuse a training shorter than one optimizer step of this data: the network would be scored untrained, at
-    chance, as if it were a result."""
+    """Refuse a training that rounds to no optimizer step of this data (under half a step): the network would be
+    scored untrained, at chance, as if it were a result."""
     for key, epochs, cap in training_lengths(config):
         images = len(data.train) if cap is None else min(cap, len(data.train))
         steps_per_epoch = math.ceil(images / config.train.batch_size)
-        if round(epochs * steps_per_epoch) < 1:
+        if epochs * steps_per_epoch < 0.5:
             raise UsageError(
-                f"{key}: {epochs:g} epochs of {images} training images in batches of {config.train.batch_size} is "
-                f"less than one training step, so nothing would be trained; one step is {1 / steps_per_epoch:.3g} "
-                "epochs"
+                f"{key}: {epochs:g} epochs of {images} training images in batches of {config.train.batch_size} round "
+                f"to no training step, so nothing would be trained; one step is {1 / steps_per_epoch:.3g} epochs"
             )
 
 
