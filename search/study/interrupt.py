@@ -45,6 +45,7 @@ def interruptible() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _pending.clear()  # one command's interrupt is not the next one's (tests run several in one process)
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig, handler in previous.items():
         if handler is not signal.SIG_IGN:
