@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from rich.console import Console
@@ -11,7 +10,7 @@ from rich.markup import escape
 
 from search.commands import COMMANDS
 from search.errors import UsageError
-from search.study.interrupt import interruptible, received
+from search.study.interrupt import exit_code_after_interrupt, interruptible
 
 USAGE_ERRORS = (  # (module, class): errors of the layers below that are bad input, printed as one message
     ("evaluators.latency.table", "TableError"), ("evaluators.to_onnx", "ExportError"),
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return UsageError.exit_code
     except KeyboardInterrupt:
         Console(stderr=True, soft_wrap=True).print("interrupted; completed trials are saved — resume with the same command")
-        return 128 + (received() or signal.SIGINT)
+        return exit_code_after_interrupt()
 
 
 if __name__ == "__main__":

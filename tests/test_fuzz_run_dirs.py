@@ -209,5 +209,19 @@ def test_a_signal_ends_every_worker(tmp_path, env, sig, group, code):
     assert subprocess.run(["pgrep", "-f", str(tmp_path / "long.yaml")], capture_output=True).stdout == b""
 
 
-def test_there_are_enough_cases():
+LINGERING = """
+import threading, time
+from search.study import interrupt
+threading.Thread(target=lambda: time.sleep(600)).start()  # as Optuna's heartbeat thread, never told to stop
+interrupt._pending.append(15)
+print(interrupt.exit_code_after_interrupt())
+"""
+
+
+def test_a_thread_the_interrupt_left_running_does_not_keep_the_process_alive(env):
+    proc = subprocess.run([sys.executable, "-c", LINGERING], cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+
+
+def test_there_are_enough_damages():
     assert len(DAMAGES) >= 10
