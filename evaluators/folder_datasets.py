@@ -121,6 +121,10 @@ def list_image_folder(root: Path) -> FolderIndex:
             newest = max([newest, *(e.stat().st_mtime_ns for e in entries)])
         if not files[split]:
             raise DataError(f"{root / split}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    holding = sorted({classes[label] for _, label in files["train"]})
+    if len(holding) < 2:
+        raise DataError(f"{root / 'train'}: only {holding} holds images; a classifier needs at least two classes, "
+                        f"one folder of images each ({IMAGE_FOLDER_LAYOUT})")
     return FolderIndex(classes, files, newest)
 
 

@@ -124,7 +124,16 @@ def bundle_from_arrays(
     augment: bool = False,
 ) -> DataBundle:
     """Carve a stratified validation split off the training images and package the three splits."""
+    classes = torch.unique(train_y).numel()
+    if classes < 2:
+        raise DataError(f"{name}: the training images hold {classes} class; a classifier needs at least two")
     keep, held = split_off(train_x, train_y, val_fraction, seed)
+    if len(held) == 0 or len(keep) == 0:
+        raise DataError(
+            f"{name}: data.val_fraction {val_fraction:g} of {len(train_y)} training images in {classes} classes leaves "
+            f"{len(keep)} to train on and {len(held)} to score candidates on; both need images (more images per "
+            "class, or another data.val_fraction)"
+        )
     mean, std = channel_stats(train_x[keep])
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     return DataBundle(

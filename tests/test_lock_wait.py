@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from search.trial.locks import QUIET_WAIT_S, MachineLock
+from search.trial.locks import QUIET_WAIT_S, REMIND_S, MachineLock
 from tests.conftest import ROOT
 
 HOLD = """
@@ -45,3 +45,14 @@ def test_a_short_wait_goes_unsaid(tmp_path):
         with MachineLock(tmp_path, say=said.append).training():
             pass
     assert said == []
+
+
+def test_a_process_that_waits_again_and_again_says_so_once_a_minute(tmp_path):
+    said: list[str] = []
+    lock = MachineLock(tmp_path, say=said.append)
+    for _ in range(5):  # five trials in a row find the machine taken
+        lock._waiting()
+    assert said == ["waiting for the latency lock held by fine-tunes of other slimsearch processes"]
+    lock.said_at -= REMIND_S  # a minute later
+    lock._waiting()
+    assert len(said) == 2 and all(len(line) <= 80 for line in said)

@@ -36,3 +36,11 @@ def test_at_80_columns_numbers_stay_whole_and_the_candidate_stays():
 def test_a_wide_terminal_keeps_every_column():
     text = render(trials_table(frame(3), "study t", width=200), 200)
     assert "p90 ms" in text and "MACs" in text and CANDIDATE in text
+
+
+def test_constraints_rungs_and_speedups_at_80_columns_cut_no_line_off():
+    df = frame(12).assign(trial=[100 + i for i in range(12)], feasible=[i % 2 == 0 for i in range(12)], rung=1,
+                          top_rung=2, speedup=1.53, compression=2.1)
+    text = render(trials_table(df, "study t", width=80), 80)
+    assert all(len(line) <= 80 and line.rstrip()[-1] in "┓┃┩│┘" for line in text.splitlines()[1:]), text
+    assert "feasible" in text and "rung" in text and "│ 111 │" in text.replace("┃", "│")

@@ -20,7 +20,7 @@ def test_run_records_attributes_and_resumes(recipe_file, tmp_path, capsys):
     run_dir = config.run_dir
     assert (run_dir / "study.db").is_file()
     frozen = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert frozen["name"] == config.name and frozen["storage"].startswith("sqlite:///")
+    assert frozen["name"] == config.name and frozen["storage"] == "sqlite:///study.db"  # relative to the run dir
 
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 3
@@ -39,7 +39,7 @@ def test_run_records_attributes_and_resumes(recipe_file, tmp_path, capsys):
 
     study = run_study(load_config(recipe_file()), trials=5, show_progress=False)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
-    reopened = optuna.load_study(study_name=config.name, storage=frozen["storage"])
+    reopened = optuna.load_study(study_name=config.name, storage=f"sqlite:///{run_dir / 'study.db'}")
     assert len(reopened.trials) == 5
 
     assert main(["pareto", str(run_dir)]) == 0

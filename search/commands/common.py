@@ -40,8 +40,10 @@ def add_budget_args(parser: argparse.ArgumentParser) -> None:
     """`--trials`, `--timeout` and `--no-progress`, shared by `run` and `resume`."""
     parser.add_argument("--trials", type=positive(int),
                         help="candidates to evaluate (default: the run's own budget, else search.trials of the recipe)")
-    parser.add_argument("--timeout", type=positive(float), help="stop starting trials after this many seconds")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--timeout", type=positive(float),
+                        help="stop starting trials this many seconds after the command starts (training the base "
+                             "network and building a latency table count)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar: a line per trial only (for logs)")
 
 
 def positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:

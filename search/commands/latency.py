@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.commands.common import console
-from search.errors import UsageError
+from search.errors import UsageError, file_problem
 
 if TYPE_CHECKING:
     from evaluators.latency import LatencyStats
@@ -181,8 +181,9 @@ def compare(args: argparse.Namespace) -> int:
     if args.rounds < 3 or args.runs < 1:
         raise UsageError(f"--rounds {args.rounds} --runs {args.runs}: need at least 3 rounds of at least 1 run")
     for path in paths:
-        if not path.is_file():
-            raise UsageError(f"{path}: no such ONNX file")
+        why = file_problem(path)
+        if why:
+            raise UsageError(f"{path}: {why} (expected an ONNX model)")
         dims = onnx_input(path)
         if len(dims) != 4:
             raise UsageError(f"{path}: expected an image model with a 4-d input (N, C, H, W), got {len(dims)}-d")
@@ -223,8 +224,9 @@ def run(args: argparse.Namespace) -> int:
     from evaluators.precision import PrecisionError
     from evaluators.to_onnx import ExportError
 
-    if not args.target.is_file():
-        raise UsageError(f"{args.target}: no such file (expected MODEL.onnx or STUDY.yaml)")
+    why = file_problem(args.target)
+    if why:
+        raise UsageError(f"{args.target}: {why} (expected MODEL.onnx or STUDY.yaml)")
     try:
         results = measure_onnx(args) if args.target.suffix == ".onnx" else measure_recipe(args)
     except (UnsupportedRequest, PrecisionError, ExportError) as exc:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from registry import UnknownName
-from search.errors import ConfigError
+from search.errors import ConfigError, file_problem
 from search.recipe.sections import ConstraintsConfig, DataConfig, LatencyConfig, SearchConfig, Section, TrainConfig
+from search.recipe.yamlfile import read_yaml
 from spaces import SPACES, get_space
 
 MAX_SEED = 2**32 - 1  # NumPy's and Optuna's samplers take seeds up to this
@@ -34,6 +35,7 @@ class StudyConfig(Section):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    _located: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _top_rung_is_the_fine_tune(self) -> "StudyConfig":
@@ -55,9 +57,25 @@ class StudyConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _latency_greedy_needs_a_table(self) -> "StudyConfig":
+        policy = self.space.get("policy") if isinstance(self.space, dict) else getattr(self.space, "policy", None)
+        if isinstance(policy, list) and "latency_greedy" in policy and self.latency.table is None:
+            raise ValueError(
+                "space.policy: latency_greedy removes the channels that save the most predicted latency, so it needs "
+                "a latency table to predict with: set latency.table (see `slimsearch lut build`), or leave "
+                "latency_greedy out"
+            )
+        return self
+
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """The run directory: where it was found (`locate`), else `output_dir/name`."""
+        return self._located or Path(self.output_dir) / self.name
+
+    def locate(self, run_dir: Path) -> None:
+        """Take the run directory to be `run_dir`, wherever it was copied or moved to (it keeps its study's name)."""
+        self._located = Path(run_dir)
 
     def dump(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what is frozen into the run directory)."""
@@ -71,6 +89,9 @@ def _format_errors(source: str, exc: ValidationError, prefix: str = "") -> str:
     for err in exc.errors():
         loc = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".")
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] and re.match(r"[a-z_]+\.[\w.]+[: ]", msg):  # a check across keys names its key first
+            lines.append(prefix + msg)
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the recipe reference in the README)"
         elif err["type"] == "missing":
@@ -95,9 +116,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not parts:
             raise ConfigError(f"--set {item!r}: empty key")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = read_yaml(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
         node: Any = out
         for depth, p in enumerate(parts):
             last = depth == len(parts) - 1
@@ -115,28 +138,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             else:
                 node = node[p]
     return out
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses a mapping with a key given twice (PyYAML would keep the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        """The mapping of `node`; a repeated key is a ConfigError with both line numbers."""
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise ConfigError(
-                    f"{key}: given twice in one mapping (line {seen[key]} and line {line}); keep one of them"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(text: str) -> Any:
-    """YAML text as plain data, refusing duplicate keys."""
-    return yaml.load(text, Loader=RecipeLoader)
 
 
 def _leaves(data: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -202,6 +203,8 @@ def writable_parent(output_dir: str) -> str | None:
 
 def validate_config(raw: Any, source: str = "recipe") -> StudyConfig:
     """Validate plain data into a StudyConfig; every problem is reported in one ConfigError."""
+    if raw is None:
+        raise ConfigError(f"{source}: the recipe is empty; write its keys, as in studies/digits_blocks.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
     bad = non_finite_numbers(raw)
@@ -231,8 +234,9 @@ def validate_config(raw: Any, source: str = "recipe") -> StudyConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """Read a YAML recipe, apply overrides and validate it; errors name the file and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such recipe file")
+    why = file_problem(path)
+    if why:
+        raise ConfigError(f"{path}: {'no such recipe file' if why == 'no such file' else why}; expected a YAML recipe")
     try:
         raw = read_yaml(path.read_text())
     except UnicodeDecodeError:

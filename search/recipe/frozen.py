@@ -15,6 +15,7 @@ import yaml
 
 from search.errors import ConfigError
 from search.recipe.config import StudyConfig, validate_config
+from search.recipe.yamlfile import read_yaml
 
 CONFIG_FILE = "config.yaml"
 MAY_CHANGE_ON_RESUME = frozenset(
@@ -66,21 +67,59 @@ def display_url(url: str) -> str:
         return url
 
 
+OWN_DATABASE = "study.db"  # the default storage: SQLite in the run directory
+
+
 def run_dir_storage(run_dir: Path) -> str:
-    """The default storage: SQLite `study.db` inside the run directory."""
-    return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+    """The default storage: SQLite `study.db` inside the run directory, as an absolute URL to open."""
+    return f"sqlite:///{(Path(run_dir) / OWN_DATABASE).resolve()}"
 
 
-def own_storage(config: StudyConfig) -> str | None:
-    """The frozen storage URL, or None where it is the run directory's own `study.db`, which moves with the
-    directory (so a copied or moved run directory resumes from its own database, not the old path)."""
-    return None if config.storage == run_dir_storage(config.run_dir) else config.storage
+def sqlite_file(url: str) -> tuple[Path, str] | None:
+    """The file of a SQLite URL and its query string (None for another database, or SQLite in memory); a relative
+    path is as SQLAlchemy reads it, relative to the working folder."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path, mark, query = url.removeprefix("sqlite:///").partition("?")
+    if not path or path == ":memory:":
+        return None
+    return Path(path), mark + query
+
+
+def portable_storage(url: str, run_dir: Path) -> str:
+    """The storage URL as config.yaml keeps it: a SQLite file inside the run directory relative to that directory
+    (`sqlite:///study.db`), so a copied or moved run directory opens its own database; any other URL as given."""
+    found = sqlite_file(url)
+    if found is None:
+        return url
+    path, query = found
+    try:
+        inside = path.resolve().relative_to(Path(run_dir).resolve())
+    except ValueError:
+        return url
+    return f"sqlite:///{inside.as_posix()}{query}"
+
+
+def located_storage(url: str | None, run_dir: Path, name: str) -> str | None:
+    """The storage URL frozen in the config.yaml of the run directory now at `run_dir`, to open: None where it is
+    the directory's own `study.db`. A relative SQLite path is relative to `run_dir`; an absolute one ending in
+    `NAME/study.db` is how earlier versions froze the directory's own database, so it is taken for this directory's
+    own (an old run directory that was copied or moved opens its own database, not the one it was copied from)."""
+    found = None if url is None else sqlite_file(url)
+    if found is None:
+        return url
+    path, query = found
+    if path.is_absolute() and path.name == OWN_DATABASE and path.parent.name == name:
+        return None
+    path = (Path(run_dir) / path).resolve()
+    return None if path == (Path(run_dir) / OWN_DATABASE).resolve() else f"sqlite:///{path}{query}"
 
 
 def frozen_form(config: StudyConfig, storage: str) -> dict[str, Any]:
-    """What is written to config.yaml: the resolved recipe with its storage URL."""
+    """What is written to config.yaml: the resolved recipe with its storage URL (relative to the run directory where
+    it is a SQLite file inside it)."""
     data = config.dump()
-    data["storage"] = storage
+    data["storage"] = portable_storage(storage, config.run_dir)
     return data
 
 
@@ -94,10 +133,19 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
 def read_frozen(path: Path) -> StudyConfig:
     """The recipe frozen at `path`; a damaged or hand-broken file is a ConfigError that says so."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raw = read_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
         raise ConfigError(f"{path}: the frozen recipe is not readable YAML ({exc})") from None
     return validate_config(raw, str(path))
+
+
+def read_run_config(run_dir: Path) -> StudyConfig:
+    """The recipe frozen in the run directory at `run_dir`, located there (a copied or moved directory keeps its
+    study's name), its storage as `located_storage` reads it."""
+    config = read_frozen(Path(run_dir) / CONFIG_FILE)
+    config.locate(run_dir)
+    config.storage = located_storage(config.storage, Path(run_dir), config.name)
+    return config
 
 
 def make_run_dir(config: StudyConfig) -> None:
@@ -118,10 +166,10 @@ def changes(config: StudyConfig, storage: str) -> tuple[dict[str, Any], dict[str
     if not path.is_file():
         return {}, {}
     try:
-        frozen = read_frozen(path)
+        frozen = read_run_config(config.run_dir)
     except ConfigError as exc:
         raise ConfigError(f"{path} no longer validates, so this study cannot be resumed: {exc}") from None
-    theirs = frozen_form(frozen, own_storage(frozen) or storage)
+    theirs = frozen_form(frozen, frozen.storage or storage)
     changed = differences(theirs, frozen_form(config, storage))
     return theirs, {k: v for k, v in changed.items() if k.split(".")[0] not in IDENTITY}
 
@@ -170,12 +218,15 @@ def check_and_freeze(config: StudyConfig, storage: str, evaluated: Callable[[], 
 LEFTOVERS = ("study.db", "study.db-journal", "base.lock", "anchors.lock", "artifacts", "tensorrt", "ray")  # a start makes
 
 
-def remove_failed_start(run_dir: Path) -> None:
-    """Take back a run directory this process created and could not start a study in: its frozen recipe, the
-    study database it created (no trial ran in it), the empty lock files and folders a start leaves, then the
-    directory itself where nothing else is in it (a trained base network, for one, is kept for the next start)."""
+def remove_failed_start(run_dir: Path, kept: frozenset[str] = frozenset()) -> None:
+    """Take back a run directory this process created (or first froze a recipe in) and could not start a study in:
+    its frozen recipe, the study database it created (no trial ran in it), the empty lock files and folders a start
+    leaves, then the directory itself where nothing else is in it (a trained base network, for one, is kept for the
+    next start). Names in `kept`, there before the start, are left alone."""
     (run_dir / CONFIG_FILE).unlink(missing_ok=True)
     for name in LEFTOVERS:
+        if name in kept:
+            continue
         path = run_dir / name
         try:
             if path.is_dir():

@@ -163,7 +163,10 @@ class SearchConfig(Section):
 
     sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
     trials: int = Field(30, ge=1, le=MAX_TRIALS, description="candidates to evaluate (completed trials)")
-    timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
+    timeout: float | None = Field(
+        None, gt=0, description="stop starting new trials this many seconds after the run starts (preparing the base "
+                                "network and a latency table count)"
+    )
     startup_trials: int = Field(10, ge=0, le=MAX_TRIALS, description="random trials before TPE or GP models the space")
     population_size: int = Field(16, ge=2, le=10_000, description="NSGA-II population")
     anchors: int = Field(

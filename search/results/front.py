@@ -98,14 +98,15 @@ def dominated(study: optuna.Study, accuracy: float, latency_ms: float) -> bool:
 
 def provisional(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Multi-fidelity: the candidates below the top rung — stopped there, or still running — whose accuracy at the
-    rung they reached is not dominated by the top-rung front. Where the front may still move, not a result."""
+    rung they reached is not dominated by the top-rung front. Where the front may still move, not a result. A trial
+    waiting to run is none of these, even where it inherits the record of the dead trial it runs again."""
     trials = list(trials)
     top = contenders(trials)
     below = []
     for t in trials:
         record = TrialRecord.of(t)
-        if t.state.is_finished() and t.state != TrialState.COMPLETE and t.state != TrialState.PRUNED:
-            continue
+        if t.state not in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED):
+            continue  # failed, or queued again after its worker died and not yet run: it carries the dead one's record
         below_top = record.rungs and record.top_rung is not None and len(record.rungs) <= record.top_rung
         if below_top and record.is_feasible and record.latency_ms is not None:
             below.append((t, float(record.rungs[-1]["accuracy"]), record.latency_ms))

@@ -25,6 +25,8 @@ def trials_frame(study: optuna.Study, describe: Callable[[dict[str, Any]], str] 
     rows = []
     for t in trials:
         r = TrialRecord.of(t)
+        if t.state == TrialState.WAITING:  # not run yet: a retry carries the dead trial's record, not its own
+            r = TrialRecord(candidate=r.candidate, anchor=r.anchor)
         lat, versus = r.latency or {}, r.vs_base or {}
         latest = r.rungs[-1]["accuracy"] if r.rungs else np.nan  # a running or stopped multi-fidelity candidate
         rows.append(

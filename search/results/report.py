@@ -29,41 +29,50 @@ def _human(n: object) -> str:
     return f"{n:.0f}"
 
 
+CANDIDATE_HEADER = "candidate / error"
 DROP_FIRST = ("p90 ms", "s", "MACs", "params ÷", "state", "params", "speedup")  # at narrow widths, in this order
+LAST_RESORT = ("rung", "feasible")  # left out only where the candidate has been narrowed to CANDIDATE_FLOOR too
 CANDIDATE_MIN = 24  # the candidate column keeps at least this many characters a line
+CANDIDATE_FLOOR = 12  # ... unless the columns that cannot go leave it less, down to this
 
 
 def trials_table(df: pd.DataFrame, title: str, show_candidate: bool = True, width: int | None = None) -> Table:
     """A table of trials; Pareto-optimal rows are starred and bold; with constraints, a `feasible` column; in a
     compression study, speedup and parameter compression against the base. Within `width` columns (a terminal
     of 80, say) the less important columns are left out (`DROP_FIRST`), so the trial number stays whole and the
-    candidate keeps `CANDIDATE_MIN` characters a line."""
+    candidate keeps `CANDIDATE_MIN` characters a line; where that is not enough (constraints and rungs besides),
+    the candidate narrows to `CANDIDATE_FLOOR`, then `LAST_RESORT` columns go, so no line of an 80-column table is
+    cut off."""
     columns, rows, styles = _trials_columns(df, show_candidate)
     drop: list[str] = []
-    for name in DROP_FIRST:
-        if width is None or _needed_width(columns, rows, show_candidate, drop) <= width:
+    candidate = CANDIDATE_MIN
+    for name in (*DROP_FIRST, *LAST_RESORT):
+        if width is not None and show_candidate and name == LAST_RESORT[0]:
+            spare = width - _needed_width(columns, rows, show_candidate, drop, 0)
+            candidate = max(CANDIDATE_FLOOR, min(CANDIDATE_MIN, spare))
+        if width is None or _needed_width(columns, rows, show_candidate, drop, candidate) <= width:
             break
         drop.append(name)
     kept = [i for i, (header, _) in enumerate(columns) if header not in drop]
     table = Table(title=title, title_justify="left")
     for i in kept:
         header, kw = columns[i]
-        table.add_column(header, **kw)
+        table.add_column(header, **(kw if header != CANDIDATE_HEADER else {**kw, "min_width": candidate}))
     for row, style in zip(rows, styles):
         table.add_row(*(row[i] for i in kept), style=style)
     return table
 
 
 def _needed_width(columns: list[tuple[str, dict[str, Any]]], rows: list[list[str]], show_candidate: bool,
-                  drop: list[str]) -> int:
+                  drop: list[str], candidate: int) -> int:
     """Characters a line needs with the `drop` columns left out: each column its widest cell (the candidate
-    `CANDIDATE_MIN`), plus 3 for its border and padding."""
+    `candidate`), plus 3 for its border and padding."""
     out = 1
     for i, (header, _) in enumerate(columns):
         if header in drop:
             continue
         last = show_candidate and i == len(columns) - 1
-        out += 3 + (CANDIDATE_MIN if last else max([len(header), *(len(r[i]) for r in rows)]))
+        out += 3 + (candidate if last else max([len(header), *(len(r[i]) for r in rows)]))
     return out
 
 
@@ -86,7 +95,7 @@ def _trials_columns(
     if versus:
         columns += [("speedup", right), ("params ÷", right)]
     if show_candidate:
-        columns.append(("candidate / error", {"overflow": "fold", "min_width": CANDIDATE_MIN}))
+        columns.append((CANDIDATE_HEADER, {"overflow": "fold", "min_width": CANDIDATE_MIN}))
     rows, styles = [], []
     for _, r in df.iterrows():
         on_front = bool(r.get("front", False))

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import UsageError
 from search.results.front import FinishedTrial
 from search.results.record import TrialRecord
+from search.study.interrupt import raise_if_interrupted
 
 Listener = Callable[[FinishedTrial], None]
 
@@ -25,6 +26,7 @@ class AfterTrial:
         self.listeners = [listener for listener in listeners if listener is not None]
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial, trials: list[FrozenTrial] | None = None) -> None:
+        raise_if_interrupted()  # an interrupt that struck where Python could not raise it stops the study here
         finished = FinishedTrial(study, trial, trials)
         for listener in self.listeners:
             listener(finished)

@@ -14,11 +14,12 @@ from search.results.record import TrialRecord, evaluated
 
 
 class StudyProgress:
-    """After-trial listener that advances a bar on each completed trial and prints one line per trial."""
+    """After-trial listener that prints one line per finished trial and, with `bar`, advances a bar on each evaluated
+    one (without it, as `--no-progress` asks, a log still shows each trial as it ends)."""
 
     def __init__(
         self, total: int, done: int, describe: Callable[[dict[str, Any]], str] | None = None,
-        console: Console | None = None,
+        console: Console | None = None, bar: bool = True,
     ) -> None:
         self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
         self.describe = describe
@@ -32,6 +33,7 @@ class StudyProgress:
             TextColumn("front: {task.fields[front]}"),
             console=self.console,
             transient=False,
+            disable=not bar,
         )
         self.task = self.progress.add_task("search", total=total, completed=done, front=0)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,10 +23,10 @@ from search.recipe.config import StudyConfig
 from search.recipe.frozen import (
     CONFIG_FILE,
     check_and_freeze,
-    own_storage,
-    read_frozen,
+    read_run_config,
     remove_failed_start,
     run_dir_storage,
+    sqlite_file,
 )
 from search.results.record import evaluated
 from search.study.recovery import grace_period, recover_stale_trials
@@ -41,9 +44,35 @@ def storage_url(config: StudyConfig) -> str:
     return config.storage or run_dir_storage(config.run_dir)
 
 
+def sqlite_damage(url: str) -> str | None:
+    """What SQLite's quick check finds wrong with the database file of `url` (None where nothing is, where the file
+    does not exist yet, or where `url` is not SQLite): a damaged file would otherwise fail some query later, with
+    a traceback."""
+    found = sqlite_file(url)
+    if found is None or not found[0].is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{found[0].resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        return None  # busy or locked: opening it says so
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    problems = [line for (text,) in rows for line in str(text).splitlines() if line != "ok" and "***" not in line]
+    return None if not problems else "; ".join(problems[:2])
+
+
 def make_storage(url: str, heartbeat_interval: int = 10) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats, so trials of a killed process are found stale and retried (twice at most)."""
+    """RDB storage with heartbeats, so trials of a killed process are found stale and retried (twice at most). A
+    damaged SQLite file is a UsageError that says so."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    damage = sqlite_damage(url)
+    if damage:
+        raise UsageError(
+            f"storage {sqlite_file(url)[0]}: the study database is damaged ({damage}); restore it from a copy, or "
+            "delete it to start the study again (its trials are lost)"
+        )
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -94,18 +123,17 @@ def stored_evaluations(config: StudyConfig) -> int:
 def frozen_recipe(config: StudyConfig) -> Iterator[None]:
     """Freeze the resolved recipe (with its storage URL) into the run directory, refusing one that changes an
     existing study with evaluated trials (see search/recipe/frozen.py). Wraps the opening of the study: if that fails
-    in a new run directory, the frozen recipe and the directory are taken back, so a corrected command (another
-    --storage, a data root that exists) can start it and no empty run directory is left."""
-    new_dir = not config.run_dir.exists()
+    where no recipe was frozen yet, what this start made is taken back (the frozen recipe, the database, empty lock
+    files; the directory where it made that too), so a corrected command (another --storage, a data root that
+    exists) can start it and no empty run directory is left."""
     fresh = not (config.run_dir / CONFIG_FILE).exists()
+    there = frozenset(os.listdir(config.run_dir)) if config.run_dir.is_dir() else frozenset()
     check_and_freeze(config, storage_url(config), lambda: stored_evaluations(config))
     try:
         yield
     except BaseException:
-        if new_dir:
-            remove_failed_start(config.run_dir)
-        elif fresh:
-            (config.run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        if fresh:
+            remove_failed_start(config.run_dir, kept=there)
         raise
 
 
@@ -115,11 +143,7 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); start one with `slimsearch run`")
-    config = read_frozen(path)
-    config.storage = own_storage(config)
-    if run_dir.resolve().name == config.name:
-        config.output_dir = str(run_dir.resolve().parent)
-    return config
+    return read_run_config(run_dir)
 
 
 def create_or_load_study(config: StudyConfig) -> optuna.Study:

@@ -19,6 +19,7 @@ from search.trial.context import StudyContext, make_backend, recipe_data
 from search.trial.objective import Objective
 from search.trial.rungs import RungObjective
 from search.trial.scoring import SCORINGS
+from search.trial.startup import check_engine, check_training_lengths
 from spaces import Space, get_space
 from spaces.compress import CompressError
 
@@ -48,6 +49,9 @@ class SamplingSpace:
 def sampling_space(config: StudyConfig, data: DataBundle, backend: LatencyBackend | None) -> SamplingSpace:
     """The recipe's space for `data` with its latency table attached (`latency.table`, measured on `backend`,
     which may be None only without one), and the staircase picture in the run directory."""
+    check_training_lengths(config, data)
+    if backend is not None:
+        check_engine(config, backend)
     space = build_space(config, data)
     if config.latency.table is None:
         return SamplingSpace(space, None)

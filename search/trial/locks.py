@@ -8,7 +8,8 @@ turnstile: a measurement waiting for the machine keeps new fine-tunes from start
 starved by workers that keep training. Locks are `fcntl.flock` on files in the system temp directory,
 keyed by host name, so processes of different studies on one machine see the same lock and a process
 that dies releases what it held. A measurement writes its process id and command line next to the lock, so a
-process that has waited more than a moment says whose measurement it waits for.
+process that has waited more than a moment says, in one line, whose measurement it waits for (once a minute at
+most, however many of its trials wait).
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ if TYPE_CHECKING:
     import optuna
 
 QUIET_WAIT_S = 2.0  # a wait shorter than this (another trial's fine-tune step, a short measurement) goes unsaid
+REMIND_S = 60.0  # a process says it waits at most once a minute, however many waits (one per trial) there are
+SHOWN_COMMAND = 30  # characters of the holder's command line in the one-line wait message
 
 
 @contextmanager
 def flock(path: Path, mode: int = fcntl.LOCK_EX, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """`fcntl.flock` on the file at `path` (created if missing) for the block; a dead process releases it.
-    `waiting` is called once if the lock is still taken after `QUIET_WAIT_S`, before waiting on."""
+    `waiting` is called each `QUIET_WAIT_S` the lock is still taken, the first time after that long."""
     fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
-        if waiting is None or not _try_for(fd, mode, QUIET_WAIT_S):
-            if waiting is not None:
-                waiting()
+        if waiting is None:
             fcntl.flock(fd, mode)
+        else:
+            while not _try_for(fd, mode, QUIET_WAIT_S):
+                waiting()
         yield
     finally:
         os.close(fd)
@@ -99,9 +103,11 @@ class MachineLock:
         self.gate = folder / f"slimsearch-{host}.gate.lock"
         self.holder = folder / f"slimsearch-{host}.latency.holder"
         self.say = say
+        self.said_at: float | None = None
 
     def holder_text(self) -> str:
-        """Who holds the lock for a measurement: `PID 123 (slimsearch lut build ...)`, or what else holds it."""
+        """Who holds the lock for a measurement: `PID 123 (slimsearch lut build ...)`, its command cut to
+        `SHOWN_COMMAND` characters, or what else holds it."""
         try:
             pid_text, _, command = self.holder.read_text().partition(" ")
             pid = int(pid_text)
@@ -109,10 +115,16 @@ class MachineLock:
             return "fine-tunes of other slimsearch processes"
         if pid == os.getpid() or not _alive(pid):
             return "fine-tunes of other slimsearch processes"
-        return f"PID {pid} ({command.strip()})"
+        command = command.strip()
+        shown = command if len(command) <= SHOWN_COMMAND else command[: SHOWN_COMMAND - 1] + "…"
+        return f"PID {pid} ({shown})"
 
     def _waiting(self) -> None:
-        self.say(f"waiting for the latency lock held by {self.holder_text()} ({self.path})")
+        """Say, in one short line, whose lock this process waits for: once, then at most every `REMIND_S`."""
+        now = time.monotonic()
+        if self.said_at is None or now - self.said_at >= REMIND_S:
+            self.said_at = now
+            self.say(f"waiting for the latency lock held by {self.holder_text()}")
 
     @contextmanager
     def measuring(self) -> Iterator[float]:

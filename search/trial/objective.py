@@ -65,6 +65,9 @@ class Objective:
         except Exception as exc:
             record.save(trial, error=f"{type(exc).__name__}: {exc}")
             raise
+        except KeyboardInterrupt:
+            record.save(trial, error="interrupted (Ctrl-C or kill)")
+            raise
 
     def _evaluate(self, trial: optuna.Trial, record: TrialRecord, candidate: Candidate | None) -> tuple[float, float]:
         seed = self.config.seed + root_number(trial)

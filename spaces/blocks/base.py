@@ -4,6 +4,7 @@ projection shortcut."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch.nn as nn
@@ -12,6 +13,43 @@ from registry import Registry
 from spaces.layers import ConvBNAct
 
 BLOCKS: Registry[type["Block"]] = Registry("block")
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """The values a block option takes: whole numbers or any numbers (`whole`), in (`low`, `high`] — or
+    [`low`, `high`] where `low_included` — odd where `odd`; or a yes/no (`boolean`)."""
+
+    low: float = 0.0
+    high: float = 0.0
+    whole: bool = False
+    low_included: bool = False
+    odd: bool = False
+    boolean: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not one of these values (None where it is)."""
+        if self.boolean:
+            return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (self.whole and not isinstance(value, int)):
+            return f"expected {'a whole number' if self.whole else 'a number'}, got {value!r}"
+        above = value >= self.low if self.low_included else value > self.low
+        if not above or value > self.high or (self.odd and int(value) % 2 == 0):
+            bound = f"from {self.low:g}" if self.low_included else f"above {self.low:g}"
+            return f"expected {'an odd ' if self.odd else 'a '}number {bound} to {self.high:g}, got {value!r}"
+        return None
+
+
+OPTION_RULES: dict[str, OptionRule] = {  # every option of every block, by name
+    "kernel_size": OptionRule(1, 15, whole=True, low_included=True, odd=True),
+    "expand_ratio": OptionRule(0, 16),
+    "reduction": OptionRule(0, 64),
+    "groups": OptionRule(1, 64, whole=True, low_included=True),
+    "bottleneck_ratio": OptionRule(0, 4),
+    "squeeze_ratio": OptionRule(0, 4),
+    "bypass": OptionRule(boolean=True),
+}
 
 
 class Block(nn.Module):

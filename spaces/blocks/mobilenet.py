@@ -38,7 +38,7 @@ class InvertedResidual(Block):
     identity shortcut when stride is 1 and Cin == Cout.
 
     Options: `kernel_size` (3), `expand_ratio` (6; no expansion conv when 1). With the hidden width
-    H = round(Cin·expand_ratio):
+    H = max(1, round(Cin·expand_ratio)):
     Params: [Cin·H + 2·H if expand_ratio ≠ 1] + k²·H + 2·H + H·Cout + 2·Cout.
     """
 
@@ -48,7 +48,7 @@ class InvertedResidual(Block):
         self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3, expand_ratio: float = 6
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
-        hidden = int(round(in_channels * expand_ratio))
+        hidden = max(1, int(round(in_channels * expand_ratio)))
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(ConvBNAct(in_channels, hidden, 1))
@@ -61,8 +61,8 @@ class InvertedResidual(Block):
     def param_count(
         cls, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3, expand_ratio: float = 6
     ) -> int:
-        """[Cin·H + 2·H if expanding] + k²·H + 2·H + H·Cout + 2·Cout, with H = round(Cin·expand_ratio)."""
-        hidden = int(round(in_channels * expand_ratio))
+        """[Cin·H + 2·H if expanding] + k²·H + 2·H + H·Cout + 2·Cout, with H = max(1, round(Cin·expand_ratio))."""
+        hidden = max(1, int(round(in_channels * expand_ratio)))
         expand = in_channels * hidden + 2 * hidden if expand_ratio != 1 else 0
         return expand + kernel_size**2 * hidden + 2 * hidden + hidden * out_channels + 2 * out_channels
 

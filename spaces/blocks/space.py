@@ -9,6 +9,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from registry import UnknownName
+from spaces.blocks.base import OPTION_RULES
 from spaces.blocks.library import BLOCKS
 from spaces.blocks.units import at_resolution, enumerate_units, layout, network_size, unit_module
 from spaces.contract import Candidate, Space, Unit, register_space
@@ -86,6 +87,10 @@ class BlocksSpaceConfig(BaseModel):
                 )
             if any(len(v) == 0 for v in opts.values()):
                 raise ValueError(f"options for block {block!r} need at least one value each")
+            for name, values in opts.items():
+                bad = [why for why in map(OPTION_RULES[name].problem, values) if why]
+                if bad:
+                    raise ValueError(f"options.{block}.{name}: {bad[0]}")
         for block in self.blocks:
             multiple = BLOCKS[block].channel_multiple
             if self.round_to % multiple:

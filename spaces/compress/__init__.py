@@ -3,6 +3,7 @@
 from spaces.compress.compress import (
     POLICIES,
     check_exclusions,
+    check_prunable,
     compress,
     factorizable_layers,
     global_keep_ratios,
@@ -18,6 +19,6 @@ from spaces.compress.space import CompressSpace, CompressSpaceConfig
 
 __all__ = [
     "CRITERIA", "FORMS", "POLICIES", "CompressError", "CompressSpace", "CompressSpaceConfig", "PrunableGroup",
-    "SparsityConfig", "build_model", "check_exclusions", "compress", "factorizable_layers", "fingerprint", "global_keep_ratios", "load_checkpoint",
+    "SparsityConfig", "build_model", "check_exclusions", "check_prunable", "compress", "factorizable_layers", "fingerprint", "global_keep_ratios", "load_checkpoint",
     "prunable_groups",
 ]

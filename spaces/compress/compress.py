@@ -44,6 +44,22 @@ def check_exclusions(model: nn.Module, example_input: torch.Tensor, exclude: Seq
     )
 
 
+def check_prunable(model: nn.Module, example_input: torch.Tensor, exclude: Sequence[str]) -> None:
+    """A CompressError where no group of `model` is left to prune once `exclude` is left out: every candidate would
+    keep every channel, a "compression" of the unchanged network whose speed-up is timing noise."""
+    if prunable_groups(model, example_input, exclude):
+        return
+    groups = [g.name for g in prunable_groups(model, example_input)] if exclude else []
+    if groups:
+        raise CompressError(
+            f"space.exclude: leaves none of the base network's {len(groups)} prunable groups ({', '.join(groups[:8])}"
+            f"{', …' if len(groups) > 8 else ''}), so no candidate would be pruned; exclude fewer, or search only "
+            "ranks and precisions with space.keep: [1.0, 1.0]"
+        )
+    raise CompressError("space.base.model: the base network has no group of channels that can be pruned; search only "
+                        "ranks and precisions with space.keep: [1.0, 1.0]")
+
+
 def factorizable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
     """Layers `compress(rank=...)` can factorize (called as modules in the forward pass) → their stage."""
     stages = probe(model, example_input).stages

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from spaces.compress.models import stdlib_module
+
 SPARSITY_KEYS = {"l1": "λ or a list of λ", "epochs": "at least 1", "lr": "peak learning rate"}
 
 
@@ -97,6 +99,15 @@ class BaseNetworkConfig(BaseModel):
     sparsity: SparsityConfig | None = Field(
         None, description="Network Slimming: sparsity-train the base (L1 on BatchNorm scales) before the study"
     )
+
+    @field_validator("model")
+    @classmethod
+    def _not_the_standard_library(cls, value: str) -> str:
+        stdlib = stdlib_module(value)
+        if stdlib:
+            raise ValueError(f"{value!r} is in Python's standard library ({stdlib}), which builds no network; name "
+                             "torchvision:NAME, timm:NAME or a function or class that returns an nn.Module")
+        return value
 
     @field_validator("checkpoint")
     @classmethod

@@ -6,8 +6,10 @@ import difflib
 import hashlib
 import importlib
 import inspect
+import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -74,15 +76,49 @@ def timm_model(name: str, in_channels: int, num_classes: int, image_size: int, k
         raise CompressError(f"base model 'timm:{name}' with arguments {args}: {exc}") from None
 
 
-def callable_model(
-    target: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]
-) -> nn.Module:
-    """Call `package.module:callable`, passing num_classes / in_channels / image_size where it takes them."""
+def stdlib_module(target: str) -> str | None:
+    """The standard-library package `package.module:callable` names (None where it names another): Python's own
+    library builds no network, and calling into it (`os:system`) runs what the recipe's arguments say."""
+    top = target.partition(":")[0].split(".")[0]
+    return top if top in sys.stdlib_module_names or top == "builtins" else None
+
+
+def model_builder(target: str) -> Callable[..., Any]:
+    """The callable `package.module:callable` names, refused before it is ever called where it cannot build an
+    `nn.Module`: a standard-library or compiled function, a class that is no `nn.Module`, or a function whose return
+    annotation is another type. (A recipe is code: importing its module runs that module.)"""
+    stdlib = stdlib_module(target)
+    if stdlib:
+        raise CompressError(f"space.base.model: {target!r} is in Python's standard library ({stdlib}), which builds no "
+                            "network; name a function or class that returns an nn.Module")
     module_name, _, attr = target.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise CompressError(f"base model {target!r}: cannot import it ({exc})") from None
+    if inspect.isclass(fn):
+        if not issubclass(fn, nn.Module):
+            raise CompressError(f"space.base.model: {target!r} is the class {fn.__name__}, not an nn.Module")
+        return fn
+    if not inspect.isfunction(fn):
+        raise CompressError(f"space.base.model: {target!r} is a {type(fn).__name__}, not a Python function or an "
+                            "nn.Module class that builds the network")
+    try:
+        returns = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that does not resolve says nothing either way
+        returns = None
+    if inspect.isclass(returns) and not issubclass(returns, nn.Module):
+        raise CompressError(f"space.base.model: {target!r} returns {returns.__name__} (its annotation), not an "
+                            "nn.Module")
+    return fn
+
+
+def callable_model(
+    target: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Call `package.module:callable` (vetted by `model_builder`), passing num_classes / in_channels / image_size
+    where it takes them."""
+    fn = model_builder(target)
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
@@ -93,7 +129,7 @@ def callable_model(
     except (TypeError, ValueError, AssertionError) as exc:
         raise CompressError(f"base model {target!r} with arguments {args}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise CompressError(f"base model {target!r} returned {type(model).__name__}, expected an nn.Module")
+        raise CompressError(f"space.base.model: {target!r} returned {type(model).__name__}, expected an nn.Module")
     return model
 
 
@@ -133,8 +169,32 @@ def build_model(
     return model
 
 
+SHOWN_KEYS = 5  # keys named in a checkpoint that does not fit; the rest are counted
+
+
+def _some(keys: list[str]) -> str:
+    """The first `SHOWN_KEYS` of `keys`, then how many more."""
+    more = len(keys) - SHOWN_KEYS
+    return ", ".join(keys[:SHOWN_KEYS]) + (f", … ({more} more)" if more > 0 else "")
+
+
+def misfit(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """How a state dict fails to fit `model` (None where it fits): how many of the model's keys it lacks, how many
+    it has that the model does not, and how many differ in shape — counted, with a few of each named."""
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in state]
+    unexpected = [k for k in state if k not in wanted]
+    reshaped = [f"{k} {tuple(state[k].shape)} for {tuple(v.shape)}" for k, v in wanted.items()
+                if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    parts = [f"{len(missing)} of the model's {len(wanted)} keys missing ({_some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({_some(unexpected)})" if unexpected else "",
+             f"{len(reshaped)} of another shape ({_some(reshaped)})" if reshaped else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict (bare, or under a `state_dict` / `model` key) from `path` into `model`, strictly."""
+    """Load a state dict (bare, or under a `state_dict` / `model` key) from `path` into `model`, strictly; a file
+    that holds no state dict, or one of another architecture, is a CompressError saying how it differs."""
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"checkpoint {path}: no such file")
@@ -148,9 +208,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CompressError(
+            f"checkpoint {path}: holds a {type(state).__name__}, not a state dict (parameter names to tensors); save "
+            "one with torch.save(model.state_dict(), path)"
+        )
+    why = misfit(model, state)
+    if why:
+        raise CompressError(f"checkpoint {path} does not fit the base model {type(model).__name__}: {why}")
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:
         raise CompressError(f"checkpoint {path} does not fit the base model: {exc}") from None
     return model
 

@@ -3,9 +3,9 @@ loop; `--workers N` runs N of them)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import time
 
 import optuna
 import torch
@@ -13,6 +13,7 @@ import torch
 from search.recipe.config import StudyConfig
 from search.results.artifacts import PruneArtifacts, artifact_store
 from search.study.after_trial import AfterTrial, FailureCap, StopAtBudget
+from search.study.executors.base import time_left
 from search.study.progress import StudyProgress
 from search.study.recovery import recover_stale_trials
 from search.study.storage import check_backend, completed, create_or_load_study, enqueue_anchors, frozen_recipe
@@ -24,9 +25,11 @@ def run_study(
     config: StudyConfig, trials: int | None = None, timeout: float | None = None, show_progress: bool = True,
     max_consecutive_failures: int | None = None, workers: int = 1, recover: bool = True,
 ) -> optuna.Study:
-    """Create or resume the study and run trials until `trials` have completed (or `timeout` passes).
+    """Create or resume the study and run trials until `trials` have completed (or `timeout` passes, counted from
+    the call: preparing the study counts).
     `workers` says how many such processes share this machine: they split its cores for training.
     `recover=False` skips the start-up recovery of dead workers' trials (a parent process already did it)."""
+    begun = time.monotonic()
     target = trials or config.search.trials
     timeout = timeout or config.search.timeout
     optuna.logging.set_verbosity(logging.WARNING)
@@ -43,10 +46,10 @@ def run_study(
     cap = FailureCap(max_consecutive_failures or config.search.max_consecutive_failures)
     listeners = (StopAtBudget(target), cap, PruneArtifacts(artifact_store(config.run_dir)))
     done = completed(study)
-    if done < target:
-        bar = StudyProgress(target, done, ctx.space.describe) if show_progress else None
-        with bar or contextlib.nullcontext():
-            study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[AfterTrial(*listeners, bar)])
+    left = time_left(timeout, begun) if done < target else None
+    if done < target and (left is None or left > 0):
+        with StudyProgress(target, done, ctx.space.describe, bar=show_progress) as progress:
+            study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[AfterTrial(*listeners, progress)])
     if cap.tripped:
         raise cap.failures.error(cap.last_error)
     return study

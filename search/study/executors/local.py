@@ -11,6 +11,7 @@ other's running trials), then follows the storage to drive the progress bar.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 
 import optuna
@@ -21,19 +22,37 @@ from search.recipe.config import StudyConfig, validate_config
 from search.study.after_trial import AfterTrial
 from search.study.executors.base import EXECUTORS, ExecutorOptions
 from search.study.executors.inprocess import run_study
+from search.study.interrupt import interruptible
 from search.study.progress import StudyProgress
 from search.study.storage import completed, open_for_run
 from search.trial.locks import record_protocol
 from spaces import get_space
 
 POLL_SECONDS = 1.0
+STOP_GRACE_S = 10.0  # seconds interrupted workers have to end on their own
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def _worker(recipe: dict, target: int, timeout: float | None, workers: int) -> None:
-    """One worker process: run the shared study until it holds `target` completed trials."""
-    config = validate_config(recipe, "worker recipe")
-    run_study(config, trials=target, timeout=timeout, show_progress=False, workers=workers, recover=False)
+    """One worker process: run the shared study until it holds `target` completed trials; Ctrl-C or SIGTERM ends
+    it as it ends the parent, without a traceback of its own."""
+    with interruptible():
+        config = validate_config(recipe, "worker recipe")
+        run_study(config, trials=target, timeout=timeout, show_progress=False, workers=workers, recover=False)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's worker processes after the parent was interrupted: Ctrl-C in a terminal reaches them too and
+    they end within `STOP_GRACE_S`; a signal sent to the parent alone must not leave them running trials, so those
+    still running then are sent SIGTERM (which they take as Ctrl-C)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
 
 
 class StorageFollower:
@@ -72,11 +91,12 @@ def run_workers(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(_worker, recipe, target, timeout, workers) for _ in range(workers)]
-        if show_progress:
-            with StudyProgress(target, done, get_space(config.space.type).describe) as bar:
-                _wait(futures, StorageFollower(study, AfterTrial(bar)))
-        else:
-            _wait(futures, None)
+        try:
+            with StudyProgress(target, done, get_space(config.space.type).describe, bar=show_progress) as progress:
+                _wait(futures, StorageFollower(study, AfterTrial(progress)))
+        except BaseException:
+            _stop(pool)
+            raise
     for future in futures:
         error = future.exception()
         if error is not None:
@@ -93,10 +113,9 @@ def run_local(config: StudyConfig, trials: int | None, timeout: float | None, sh
     return run_study(config, trials=trials, timeout=timeout, show_progress=show_progress)
 
 
-def _wait(futures: list[Future], follower: StorageFollower | None) -> None:
+def _wait(futures: list[Future], follower: StorageFollower) -> None:
     """Wait for every worker to end, following the storage meanwhile."""
     pending = set(futures)
     while pending:
         _, pending = wait(pending, timeout=POLL_SECONDS)
-        if follower is not None:
-            follower.poll()
+        follower.poll()

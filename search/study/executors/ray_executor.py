@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import warnings
 from typing import Iterator
 
@@ -29,6 +30,7 @@ from search.recipe.config import StudyConfig, validate_config
 from search.results.artifacts import PruneArtifacts, artifact_store
 from search.results.record import TrialRecord
 from search.study.after_trial import AfterTrial
+from search.study.executors.base import time_left
 from search.study.executors.ray_searcher import CANDIDATE, PRUNED, TRIAL_ID, TRIAL_NUMBER, StudySearcher
 from search.study.progress import StudyProgress
 from search.study.samplers import make_sampler
@@ -109,6 +111,7 @@ def run_ray(
     shuts down what it started."""
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise UsageError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
+    begun = time.monotonic()
     target = trials or config.search.trials
     timeout = timeout or config.search.timeout
     max_consecutive_failures = max_consecutive_failures or config.search.max_consecutive_failures
@@ -119,7 +122,7 @@ def run_ray(
     if started:
         _start_ray(address)
     try:
-        return _tune(config, study, target, timeout, show_progress, cpus_per_trial, gpus_per_trial,
+        return _tune(config, study, target, timeout, begun, show_progress, cpus_per_trial, gpus_per_trial,
                      max_concurrent, max_consecutive_failures, address)
     finally:
         if started:
@@ -178,7 +181,7 @@ def _sampling_space(config: StudyConfig) -> SamplingSpace:
 
 
 def _tune(
-    config: StudyConfig, study: optuna.Study, target: int, timeout: float | None, show_progress: bool,
+    config: StudyConfig, study: optuna.Study, target: int, timeout: float | None, begun: float, show_progress: bool,
     cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_consecutive_failures: int,
     address: str | None,
 ) -> optuna.Study:
@@ -195,9 +198,10 @@ def _tune(
         mode=["max" if d == "maximize" else "min" for d in DIRECTIONS],
         sampler=make_sampler(config), storage=storage, study_name=config.name,
     )
-    progress = StudyProgress(target, completed(study), space.describe) if show_progress else None
+    progress = StudyProgress(target, completed(study), space.describe, bar=show_progress)
     after_trial = AfterTrial(PruneArtifacts(artifact_store(config.run_dir)), progress)
-    searcher = StudySearcher(optuna_search, study, storage, target, timeout, max_consecutive_failures, after_trial)
+    left = time_left(timeout, begun)  # preparing the sampling space (the base, a latency table) counts
+    searcher = StudySearcher(optuna_search, study, storage, target, left, max_consecutive_failures, after_trial)
     run_dir = config.run_dir.resolve()
     # Ray workers run in their own working directory (another machine, even): give them absolute paths.
     worker_recipe = config.model_copy(
@@ -213,7 +217,7 @@ def _tune(
         run_config=tune.RunConfig(storage_path=str(run_dir / "ray"), verbose=0),
     )
     try:
-        with searcher.heartbeats(), tune_environment(), progress or contextlib.nullcontext():
+        with searcher.heartbeats(), tune_environment(), progress:
             tuner.fit()
     finally:
         abandoned = searcher.abandon_live("the Ray run was stopped before this trial finished")

@@ -22,7 +22,7 @@ from search.errors import UsageError
 from search.recipe.config import StudyConfig
 from search.trial.locks import locked
 from search.trial.steps import StepProgress
-from spaces.compress import CompressError, build_model, check_exclusions, load_checkpoint, prunable_groups
+from spaces.compress import CompressError, build_model, check_exclusions, check_prunable, load_checkpoint
 
 BASE_FILE = "base.pt"
 TAYLOR_IMAGES = 256  # the labelled batch Taylor importance takes its gradients on
@@ -55,6 +55,18 @@ def base_settings(config: StudyConfig) -> TrainSettings:
     )
 
 
+def _read_cached(path: Path) -> dict[str, Any]:
+    """A network the study trained and cached at `path`; a damaged file is a UsageError that says to delete it."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise UsageError(f"{path}: damaged (not a network this study trained); delete it, and the next run trains "
+                         "it again")
+    return saved
+
+
 def cached_training(
     path: Path, wanted: dict[str, Any], model: nn.Module, train: Callable[[nn.Module], object]
 ) -> bool:
@@ -62,7 +74,7 @@ def cached_training(
     there (atomically) first. Worker processes of one study train each network once. Returns whether it trained."""
     with locked(path.parent / "base.lock"):
         if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = _read_cached(path)
             if saved.get("provenance") != wanted:
                 raise UsageError(
                     f"{path} holds a network trained as {saved.get('provenance')}, but the recipe asks for {wanted}; "
@@ -116,10 +128,13 @@ def prepare_base(config: StudyConfig, data: DataBundle) -> PreparedBase:
         example = torch.zeros(1, *data.input_shape)
         check_exclusions(model, example, config.space.exclude)
         if config.space.keep[0] < 1:  # refuse a network that cannot be pruned before training it
-            prunable_groups(model, example, config.space.exclude)
+            check_prunable(model, example, config.space.exclude)
         if spec.checkpoint:
             path = Path(spec.checkpoint)
-            load_checkpoint(model, path)
+            try:
+                load_checkpoint(model, path)
+            except CompressError as exc:
+                raise CompressError(f"space.base.checkpoint: {exc}") from None
         else:
             path = _train_or_load(config, data, model)
     except CompressError as exc:

@@ -11,7 +11,7 @@ import optuna
 import torch.nn as nn
 
 from evaluators.cost import Cost
-from evaluators.latency import LatencyStats
+from evaluators.latency import LatencyBackend, LatencyStats
 from evaluators.latency.timing import interleaved
 from evaluators.onnx_model import ExportedModel
 from evaluators.splits import DataBundle
@@ -56,16 +56,20 @@ class CompressedScoring(Scoring):
 
     def __init__(self, ctx: StudyContext) -> None:
         super().__init__(ctx)
-        backend = ctx.backend
-        unsupported = [p for p in ctx.config.space.precision if p not in backend.precisions]
+        self.check_engine(ctx.config, ctx.backend)
+        self.base: dict[str, Any] | None = None
+        self._base_runner: Callable[[], object] | None = None
+        self._base_folder: tempfile.TemporaryDirectory | None = None
+
+    @classmethod
+    def check_engine(cls, config: StudyConfig, backend: LatencyBackend) -> None:
+        """Every precision of `space.precision` must be one the backend times."""
+        unsupported = [p for p in config.space.precision if p not in backend.precisions]
         if unsupported:
             raise UsageError(
                 f"space.precision: the {backend.name} backend on {backend.device()} runs "
                 f"{', '.join(backend.precisions)}, not {', '.join(unsupported)}"
             )
-        self.base: dict[str, Any] | None = None
-        self._base_runner: Callable[[], object] | None = None
-        self._base_folder: tempfile.TemporaryDirectory | None = None
 
     @classmethod
     def space_inputs(cls, config: StudyConfig, data: DataBundle) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import optuna
 import torch.nn as nn
 
 from evaluators.cost import Cost
-from evaluators.latency import LatencyStats
+from evaluators.latency import LatencyBackend, LatencyStats
 from evaluators.onnx_model import ExportedModel
 from evaluators.precision import calibration_batches, onnx_accuracy
 from evaluators.splits import DataBundle, Split
@@ -54,6 +54,11 @@ class Scoring:
     def space_inputs(cls, config: StudyConfig, data: DataBundle) -> dict[str, Any]:
         """Extra constructor arguments the recipe's space needs (none here)."""
         return {}
+
+    @classmethod
+    def check_engine(cls, config: StudyConfig, backend: LatencyBackend) -> None:
+        """Refuse, before anything is built or trained, what `backend` cannot time for this space (nothing here: the
+        backend itself checked `latency.precision`)."""
 
     def attach(self, study: optuna.Study) -> None:
         """Read (or measure and store) what the scoring needs from the study itself (nothing here)."""
