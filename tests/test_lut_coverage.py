@@ -1,5 +1,5 @@
-"""Latency tables that did not measure every unit: units estimated from measured neighbours, `lut check` that
-fails instead of printing `MAPE nan%`, and a budget warned that its table cannot predict some candidates."""
+"""Latency tables that did not measure every unit: units estimated from measured neighbours (their latency relative
+to the reference and their weights), and `lut check` that fails instead of printing `MAPE nan%`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def timed(u: dict) -> float:
 
 def table_of(units: list[dict]) -> LatencyTable:
     table = LatencyTable("onnxruntime", "1", "cpu", "fp32", 1)
-    table.entries = {unit_key(u): {"median_ms": timed(u), "unit": u} for u in units}
+    table.entries = {unit_key(u): {"rel": timed(u), "weights": 9 * u["in_channels"] * u["out_channels"], "unit": u}
+                     for u in units}
     return table
 
 
@@ -33,8 +34,9 @@ def test_a_unit_not_measured_is_estimated_from_its_family():
     wanted = unit("conv", 16, 32)
     assert table.lookup(wanted) is None
     assert table.estimate(wanted) == pytest.approx(timed(wanted), rel=0.05)
-    prediction = table.predict([unit("conv", 8, 8), wanted])
-    assert prediction.ms is not None and prediction.estimated == [unit_key(wanted)] and prediction.missing == []
+    s = table.sum_units([unit("conv", 8, 8), wanted])
+    assert s.estimated == [unit_key(wanted)] and s.missing == []
+    assert s.weights == pytest.approx(9 * (8 * 8 + 16 * 32), rel=0.05) and table.predict([unit("conv", 8, 8), wanted])
 
 
 def test_a_family_with_few_members_scales_its_nearest_by_the_work():
@@ -45,15 +47,16 @@ def test_a_family_with_few_members_scales_its_nearest_by_the_work():
 def test_a_unit_of_a_family_never_measured_stays_missing():
     table = table_of([unit("conv", 16, 16)])
     other = unit("dwsep", 16, 16)
-    prediction = table.predict([unit("conv", 16, 16), other])
-    assert prediction.ms is None and prediction.missing == [unit_key(other)]
+    assert table.sum_units([unit("conv", 16, 16), other]).missing == [unit_key(other)]
+    assert table.predict([unit("conv", 16, 16), other]) is None
 
 
 def test_lut_check_of_a_table_that_predicts_nothing_fails(recipe_file, tmp_path, capsys):
     recipe = recipe_file()
     config = load_config(recipe)
     empty = tmp_path / "empty.json"
-    LatencyTable.for_backend(make_backend(config.latency), "fp32", 1).save(empty)
+    backend = make_backend(config.latency)
+    LatencyTable(backend.name, backend.version(), backend.device(), "fp32", 1).save(empty)
     assert main(["lut", "check", str(recipe), "--table", str(empty), "--samples", "2"]) == 1
     out = capsys.readouterr().out
     assert "no MAPE" in out and "nan" not in out

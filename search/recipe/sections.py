@@ -94,7 +94,7 @@ class LatencyConfig(Section):
                           "once per machine and engine, kept in the run directory and the machine cache)",
     )
     budget_ms: float | None = Field(
-        None, gt=0, description="skip, untrained, a candidate the latency table predicts slower than this"
+        None, gt=0, description="screen, untrained, a candidate the latency table predicts slower than this"
     )
     table_networks: int = Field(24, ge=0, le=1000, description="whole networks a latency table's model is fitted on")
     table_holdout: int = Field(8, ge=0, le=1000, description="other networks a latency table checks itself on")
