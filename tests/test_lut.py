@@ -246,3 +246,16 @@ def test_a_file_that_is_not_a_table_is_a_table_error(tmp_path, content):
     path.write_bytes(content.encode("latin-1"))
     with pytest.raises(TableError, match="not a latency table written by `slimsearch lut build`"):
         LatencyTable.load(path)
+
+
+def test_a_study_with_latency_limits_warns_when_its_table_cannot_predict_part_of_the_space(built, tmp_path, capsys):
+    _, _, path = built
+    data = json.loads(path.read_text())
+    data["entries"] = {k: v for k, v in data["entries"].items() if not k.startswith("mbconv")}
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(data))
+    recipe = write_recipe(tmp_path / "partial.yaml", tmp_path, **{"latency.table": str(partial),
+                                                                  "latency.budget_ms": 1e6, "search.trials": 1})
+    run_study(load_config(recipe), show_progress=False)
+    said = capsys.readouterr().err
+    assert "cannot predict" in said and "trained without the latency limits' check" in said

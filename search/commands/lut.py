@@ -146,15 +146,13 @@ def write_staircase(config: StudyConfig, space: Space, table: LatencyTable, path
 
 def say_coverage(table: LatencyTable, space: Space) -> None:
     """One line on how the table covers the space: measured, estimated from neighbours, or not predictable."""
-    from search.latency.tables import distinct
+    from search.latency.tables import coverage
 
-    pool = distinct(space.all_units())
-    measured = sum(1 for key in pool if key in table.entries)
-    lost = sum(1 for key, unit in pool.items() if key not in table.entries and table.estimate(unit) is None)
-    if measured == len(pool):
+    total, measured, lost = coverage(table, space)
+    if measured == total:
         return
-    console.print(f"coverage: {measured} of the space's {len(pool)} unit configurations measured; the other "
-                  f"{len(pool) - measured - lost} are estimated from measured units of the same block, stride, options "
+    console.print(f"coverage: {measured} of the space's {total} unit configurations measured; the other "
+                  f"{total - measured - lost} are estimated from measured units of the same block, stride, options "
                   f"and resolution (`lut check` says how well)"
                   + (f"; {lost} have no measured neighbour and cannot be predicted" if lost else ""), highlight=False)
 

@@ -48,6 +48,15 @@ def distinct(units: Iterable[Unit]) -> dict[str, Unit]:
     return out
 
 
+def coverage(table: LatencyTable, space: Space) -> tuple[int, int, int]:
+    """(units the space can produce, of them measured, of them with neither a measurement nor a measured neighbour
+    to estimate them from): how much of the space the table covers."""
+    pool = distinct(space.all_units())
+    measured = sum(1 for key in pool if key in table.entries)
+    lost = sum(1 for key, unit in pool.items() if key not in table.entries and table.estimate(unit) is None)
+    return len(pool), measured, lost
+
+
 def network(space: Space, candidate: Candidate, name: str | None = None) -> Network:
     """A candidate as a table sees it: its description, units and how to build it."""
     return Network(name or space.describe(candidate), space.units(candidate), lambda: space.build(candidate))

@@ -13,9 +13,10 @@ from evaluators.splits import DataBundle
 from search.errors import UsageError
 from search.latency.predictor import LatencyPredictor
 from search.latency.staircase import STAIRCASE_PNG, attach, plot_staircase
-from search.latency.tables import study_table
+from search.latency.tables import coverage, study_table
 from search.recipe.config import StudyConfig
 from search.trial.context import StudyContext, make_backend, recipe_data
+from search.trial.locks import say_stderr
 from search.trial.objective import Objective
 from search.trial.rungs import RungObjective
 from search.trial.scoring import SCORINGS
@@ -83,6 +84,13 @@ def predictor(config: StudyConfig, sampling: SamplingSpace, backend: LatencyBack
     if sampling.table is None:
         return None
     lat = config.latency
+    limits = [lat.budget_ms, config.constraints.latency_ms, config.constraints.speedup]
+    if any(v is not None for v in limits):
+        total, _, lost = coverage(sampling.table, sampling.space)
+        if lost:
+            say_stderr(f"warning: the latency table cannot predict {lost} of the space's {total} unit configurations "
+                       "(no measured unit of their block, stride, options and resolution): candidates with them are "
+                       "trained without the latency limits' check; rebuild it with a larger --max-configs")
     reference_ms = EngineTimer(backend, lat.precision, lat.batch_size).reference_ms()
     return LatencyPredictor(sampling.table, sampling.space, reference_ms, lat.trust)
 
