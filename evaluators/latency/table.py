@@ -197,7 +197,7 @@ class LatencyTable:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format": FORMAT, **{k: v for k, v in asdict(self).items()}}
+        data = {"format": FORMAT, **asdict(self)}
         path.write_text(json.dumps(data, indent=1))
         return path
 

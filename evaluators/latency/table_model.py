@@ -48,9 +48,12 @@ class TableModel:
     loo_mape: float | None = None
 
     def apply(self, s: UnitSum) -> float:
-        feats = s.features()
+        return self.value(s.features())
+
+    def value(self, feats: dict[str, float]) -> float:
+        """The model at a network's features (see `UnitSum.features`)."""
         value = self.intercept + sum(c * feats[t] for t, c in self.coef.items())
-        return value if value > 0 else self.ratio * s.total
+        return value if value > 0 else self.ratio * feats["units"]
 
     def describe(self) -> str:
         terms = " ".join(f"{c:+.4g}·{t}" for t, c in self.coef.items())
@@ -85,13 +88,8 @@ def _solve(a: np.ndarray, y: np.ndarray, form: tuple[str, ...], ratio: float, n:
 
 
 def _speedup_error(model: TableModel, anchor: dict[str, float], net: dict[str, float], speedup: float) -> float:
-    predicted = _value(model, anchor) / _value(model, net)
+    predicted = model.value(anchor) / model.value(net)
     return abs(predicted - speedup) / speedup
-
-
-def _value(model: TableModel, f: dict[str, float]) -> float:
-    value = model.intercept + sum(c * f[t] for t, c in model.coef.items())
-    return value if value > 0 else model.ratio * f["units"]
 
 
 def fit_model(features: list[dict[str, float]], speedups: list[float], anchor: dict[str, float],
