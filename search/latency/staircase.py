@@ -84,6 +84,7 @@ def plot_staircase(stairs: Stairs, offered: dict[str, list[int]], path: Path, ti
     fig.supylabel("network latency, reference units", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
