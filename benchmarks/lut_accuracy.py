@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import command_line, markdown_table, shown, variant_name, write_section  # noqa: E402
+from benchmarks.results import command_line, machine, markdown_table, shown, variant_name, write_section  # noqa: E402
 from evaluators.latency.table import LatencyTable  # noqa: E402
 from search.latency.tables import build_study_table, check_study_table, open_table  # noqa: E402
 from search.recipe.config import load_config  # noqa: E402
@@ -82,29 +82,35 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, name: str, table: LatencyTable, path: Path, rows: list[dict]) -> None:
-    """Add the rows, with the command that made them, to the runs kept for this table, and write the recipe's section
-    of RESULTS.md from all of them under a line on how the table was built."""
+    """Add the rows, with the command that made them and how their table was built, to the runs kept for the recipe,
+    and write its section of RESULTS.md from all of them: one part per table (so per machine), a line on how the
+    table was built above its checks."""
     variant = variant_name(args.recipe, args.overrides)
     runs_file = OUT / f"lut-{variant}-runs.json"
     runs = json.loads(runs_file.read_text()) if runs_file.is_file() else []
-    runs = [r for r in runs if r.get("table_created") == table.protocol["created"]]  # rows of this table only
-    runs += [{**r, "table_created": table.protocol["created"], "command": command_line()} for r in rows]
-    runs_file.write_text(json.dumps(runs, indent=1))
     check, p, m = table.check, table.protocol, table.model
     head = (f"Table `{shown(path)}` ({len(table.entries)} units: {table.meta.get('coverage')}), built "
             f"{p['created']} in {p['seconds']:.0f} s on {table.backend} {table.backend_version}, {table.device}, batch "
             f"{table.batch_size}; other processes during the build: {p['load']['others_cores']:.2f} cores. Model from "
             f"{m.networks} networks: reference units = `{m.describe()}` (leave-one-out speed-up error "
             f"{m.loo_mape or 0:.1f}%); self-check on {check.networks if check else 0} held-out networks: speed-up MAPE "
-            f"{check.mape if check else 0:.1f}%, Spearman {check.spearman if check else 0:.3f}. Each check below "
-            f"predicts and measures {args.samples} of the recipe's own candidates (drawn as its study draws them), "
-            "every one timed interleaved with the base; `spread` is the median range of the per-round speed-ups.")
-    commands = sorted({r["command"] for r in runs})
-    shown_rows = [{k: v for k, v in r.items() if k not in ("table_created", "command")} for r in runs]
-    body = head + "\n\n" + markdown_table(shown_rows) + "\n\nCommands: " + ", ".join(f"`{c}`" for c in commands)
+            f"{check.mape if check else 0:.1f}%, Spearman {check.spearman if check else 0:.3f}.")
+    runs += [{**r, "table_created": p["created"], "table": head, "machine": machine(), "command": command_line()}
+             for r in rows]
+    runs_file.write_text(json.dumps(runs, indent=1))
+    parts = []
+    for created in dict.fromkeys(r["table_created"] for r in runs):
+        mine = [r for r in runs if r["table_created"] == created]
+        commands = sorted({r["command"] for r in mine})
+        shown_rows = [{k: v for k, v in r.items() if k not in ("table_created", "table", "machine", "command")}
+                      for r in mine]
+        parts.append(f"### {mine[-1]['machine'].split(', avx')[0]}, table of {created[:16]}\n\n{mine[-1]['table']}"
+                     "\n\n" + markdown_table(shown_rows) + "\n\nCommands: " + ", ".join(f"`{c}`" for c in commands))
+    body = (f"Each check predicts and measures {args.samples} of the recipe's own candidates (drawn as its study draws "
+            "them), every one timed interleaved with the base; `spread` is the median range of the per-round "
+            "speed-ups. One part per table, each built and checked on the machine it names.\n\n" + "\n\n".join(parts))
     write_section(f"lut-accuracy-{variant}", f"Latency table accuracy: {name}", body)
     print(body)
-
 
 if __name__ == "__main__":
     main()

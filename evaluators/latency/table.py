@@ -142,21 +142,22 @@ class LatencyTable:
     def sum_units(self, units: Sequence[Mapping[str, Any]]) -> UnitSum:
         """What a network's units add up to: their relative latencies and weights, the unit count, and which units
         were estimated from their neighbours or could not be predicted at all."""
-        total, weights, missing, estimated = 0.0, 0.0, [], []
+        total, weights, missing, estimated, families = 0.0, 0.0, [], [], {}
         for unit in units:
             entry = self.entries.get(unit_key(unit))
             if entry is not None:
-                total += entry["rel"]
+                rel = entry["rel"]
                 weights += entry["weights"]
-                continue
-            rel = self.estimate(unit)
-            if rel is None:
-                missing.append(unit_key(unit))
-                continue
-            estimated.append(unit_key(unit))
+            else:
+                rel = self.estimate(unit)
+                if rel is None:
+                    missing.append(unit_key(unit))
+                    continue
+                estimated.append(unit_key(unit))
+                weights += self.estimate(unit, "weights") or 0.0
             total += rel
-            weights += self.estimate(unit, "weights") or 0.0
-        return UnitSum(total, len(units), weights, missing, estimated)
+            families[unit["block"]] = families.get(unit["block"], 0.0) + rel
+        return UnitSum(total, len(units), weights, missing, estimated, families)
 
     def predict(self, units: Sequence[Mapping[str, Any]]) -> float | None:
         """A network's latency in reference units, or None where some unit cannot be predicted."""

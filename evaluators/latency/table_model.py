@@ -3,9 +3,12 @@
 Timing a unit alone differs from running it inside a network: the unit pays the engine's per-call overhead and
 its own layout reorders at its boundaries, while the network pays them once; the unit's weights stay in cache
 across repeated runs, while a network streams the weights of every layer. So a network's latency, in reference
-units, is `intercept + a·Σ units (+ b·unit count) (+ c·Σ weights)`; which terms a table keeps is decided by
-measurement — the form with the lowest leave-one-out error of the predicted *speed-up* over the fit networks, so a
-term is kept only where it predicts networks it was not fitted on better.
+units, is `intercept + a·Σ units (+ b·unit count) (+ c·Σ weights)`, and where units come in several families (a block
+space's dwsep, mbconv, factorized …) optionally `+ Σ_f d_f·Σ units of family f`: a family that runs slower or faster
+inside a network than alone gets its own slope, each `d_f` shrunk towards zero by a ridge penalty so a family seen in
+few networks keeps the common one. Which terms and penalty a table keeps is decided by measurement — the form with
+the lowest leave-one-out error of the predicted *speed-up* over the fit networks, so a term is kept only where it
+predicts networks it was not fitted on better.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 TERMS = ("units", "count", "weights")
 FORMS = (("units",), ("units", "count"), ("units", "weights"), ("units", "count", "weights"))
 WEIGHTS_SCALE = 1e-5  # weights enter the fit per 100k, so every coefficient is of the same order
+FAMILY = "units."  # a feature per unit family (`block`): the Σ units of that family alone
+RIDGE = (0.1, 1.0, 10.0)  # penalties tried on the family terms, times the fit networks' mean (Σ units)²
 
 
 @dataclass
@@ -30,9 +35,11 @@ class UnitSum:
     weights: float
     missing: list[str] = field(default_factory=list)
     estimated: list[str] = field(default_factory=list)
+    families: dict[str, float] = field(default_factory=dict)
 
     def features(self) -> dict[str, float]:
-        return {"units": self.total, "count": float(self.count), "weights": self.weights * WEIGHTS_SCALE}
+        return {"units": self.total, "count": float(self.count), "weights": self.weights * WEIGHTS_SCALE,
+                **{FAMILY + name: rel for name, rel in self.families.items()}}
 
 
 @dataclass
@@ -52,7 +59,7 @@ class TableModel:
 
     def value(self, feats: dict[str, float]) -> float:
         """The model at a network's features (see `UnitSum.features`)."""
-        value = self.intercept + sum(c * feats[t] for t, c in self.coef.items())
+        value = self.intercept + sum(c * feats.get(t, 0.0) for t, c in self.coef.items())
         return value if value > 0 else self.ratio * feats["units"]
 
     def describe(self) -> str:
@@ -76,13 +83,21 @@ class SelfCheck:
 
 
 def _design(features: list[dict[str, float]], form: tuple[str, ...]) -> np.ndarray:
-    return np.array([[1.0] + [f[t] for t in form] for f in features])
+    return np.array([[1.0] + [f.get(t, 0.0) for t in form] for f in features])
 
 
-def _solve(a: np.ndarray, y: np.ndarray, form: tuple[str, ...], ratio: float, n: int) -> TableModel | None:
-    coef = np.linalg.lstsq(a, y, rcond=None)[0]
+def _solve(a: np.ndarray, y: np.ndarray, form: tuple[str, ...], ratio: float, n: int,
+           penalty: float = 0.0) -> TableModel | None:
+    """Least squares of `form` on the rows `a`; family terms (`units.<block>`, deviations from the common `units`
+    coefficient) shrunk towards zero by a ridge `penalty`."""
+    if penalty > 0:
+        ridge = np.diag([penalty if t.startswith(FAMILY) else 0.0 for t in ("1", *form)])
+        coef = np.linalg.solve(a.T @ a + ridge, a.T @ y)
+    else:
+        coef = np.linalg.lstsq(a, y, rcond=None)[0]
     terms = dict(zip(form, (float(c) for c in coef[1:])))
-    if terms["units"] <= 0:  # latency must grow with the units
+    slopes = [terms["units"] + c for t, c in terms.items() if t.startswith(FAMILY)] + [terms["units"]]
+    if min(slopes) <= 0:  # latency must grow with the units of every family
         return None
     return TableModel(float(coef[0]), terms, ratio, n)
 
@@ -104,19 +119,23 @@ def fit_model(features: list[dict[str, float]], speedups: list[float], anchor: d
     targets = np.array([anchor_rel] + [anchor_rel / s for s in speedups])
     units = np.array([r["units"] for r in rows])
     ratio = float(targets.sum() / units.sum()) if units.sum() > 0 else 1.0
-    forms = [f for f in FORMS if all(len({round(r[t], 9) for r in rows}) > 1 for t in f)] or [("units",)]
+    forms = [(f, 0.0) for f in FORMS if all(len({round(r[t], 9) for r in rows}) > 1 for t in f)] or [(("units",), 0.0)]
+    families = sorted({t for r in rows for t in r if t.startswith(FAMILY)})
+    if len(families) > 1:  # each family its own slope, shrunk towards the common one; how hard, chosen below
+        scale = float(np.mean(units ** 2))
+        forms += [((*form, *families), lam * scale) for form, _ in forms for lam in RIDGE]
     if len(features) < 5:
-        forms = [("units",)]
+        forms = [(("units",), 0.0)]
     best: tuple[float, TableModel] | None = None
-    for form in forms:
+    for form, penalty in forms:
         a = _design(rows, form)
         errors = []
         for i in range(1, len(rows)):  # leave each network out; the anchor always stays
             keep = np.arange(len(rows)) != i
-            model = _solve(a[keep], targets[keep], form, ratio, len(rows) - 1)
+            model = _solve(a[keep], targets[keep], form, ratio, len(rows) - 1, penalty)
             errors.append(math.inf if model is None else _speedup_error(model, anchor, rows[i], speedups[i - 1]))
         loo = float(np.mean(errors) * 100) if len(features) >= 2 else 0.0
-        model = _solve(a, targets, form, ratio, len(features))
+        model = _solve(a, targets, form, ratio, len(features), penalty)
         if model is not None and (best is None or loo < best[0]):
             best = (loo, model)
     if best is None:
