@@ -179,7 +179,7 @@ def main() -> None:
                 chosen[("Torch-Pruning global L1", target)] = (hit[1], f"pruning_ratio {hit[0]:.3f}")
             hit = smallest_meeting(
                 lambda s: compress(space.base, space.example_input, keep={g: w / full[g] for g, w in
-                                                                            space.greedy_widths(s).items()},
+                                                                            space.greedy_policy(s)[0].items()},
                                    round_to=config.space.round_to),
                 [round(1.05 + 0.05 * i, 2) for i in range(60)], target, timer, cheaper_up=True)
             if hit:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny but real digits study in a temporary run directory."""
+"""Shared fixtures: a tiny but real digits study in a temporary run directory, and 8×8 digits with a tiny ResNet
+trained on them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,25 @@ ONE_THREAD = 1
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     torch.set_num_threads(ONE_THREAD)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits set at 8×8."""
+    from evaluators.splits import load_data
+
+    return load_data("digits", image_size=8)
+
+
+def trained_tiny_resnet(data: object, widths: tuple[int, ...], depth: int = 1) -> torch.nn.Module:
+    """A tiny ResNet trained for one epoch on `data` (seeded): a base whose channels and blocks differ in worth."""
+    from evaluators.train import TrainSettings, train_model
+    from spaces.compress.nets import tiny_resnet
+
+    torch.manual_seed(0)
+    model = tiny_resnet(num_classes=10, in_channels=1, widths=widths, depth=depth)
+    train_model(model, data, TrainSettings(epochs=1, lr=0.1))
+    return model.eval()
 
 
 def tiny_recipe(tmp_path: Path, **changes: object) -> dict:

@@ -11,8 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from evaluators.splits import load_data
-from evaluators.train import TrainSettings, evaluate, recalibrate_bn, train_model
+from evaluators.train import evaluate, recalibrate_bn
 from spaces import RandomSuggest
 from spaces.compress import (
     CompressError,
@@ -30,6 +29,7 @@ from spaces.compress.nets import tiny_resnet
 from spaces.compress.prune import ChannelGraph, kept_channels
 from spaces.compress.shuffle import expose_channel_shuffles
 from spaces.layers import ChannelShuffle
+from tests.conftest import trained_tiny_resnet
 
 
 def params(model: nn.Module) -> int:
@@ -43,17 +43,9 @@ def widths(model: nn.Module) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", image_size=8)
-
-
-@pytest.fixture(scope="module")
 def trained(digits):
     """A tiny ResNet trained for one epoch on 8×8 digits."""
-    torch.manual_seed(0)
-    model = tiny_resnet(num_classes=10, in_channels=1, widths=(16, 32, 32))
-    train_model(model, digits, TrainSettings(epochs=1, lr=0.1))
-    return model.eval()
+    return trained_tiny_resnet(digits, (16, 32, 32))
 
 
 def test_pruning_shrinks_params_with_channels_in_multiples_of_8():

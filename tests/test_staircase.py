@@ -25,7 +25,7 @@ from search.results.front import front_trials
 from search.results.record import TrialRecord
 from search.study.executors.inprocess import run_study
 from spaces.compress import compress, prunable_groups
-from spaces.compress.greedy import latency_greedy, removal_costs
+from spaces.compress.greedy import Block, latency_greedy, removal_costs
 from spaces.compress.nets import resnet56, tiny_resnet
 from spaces.compress.units import group_widths, layer_geometry, policy_units
 from tests.conftest import ONE_THREAD
@@ -83,14 +83,29 @@ def test_latency_greedy_removes_least_importance_per_millisecond_until_the_targe
     offered = {"cheap": [8, 16, 32], "dear": [8, 16, 32]}
     costs = {"cheap": removal_costs(torch.ones(32), 32), "dear": removal_costs(torch.ones(32), 32)}
 
-    def predict(widths):
+    def predict(widths, dropped):
         return 10.0 + sum(cost_per_channel[g] * w for g, w in widths.items())
 
-    base = predict({"cheap": 32, "dear": 32})
-    widths = latency_greedy(offered, costs, predict, base / 1.5)
-    assert predict(widths) <= base / 1.5
+    base = predict({"cheap": 32, "dear": 32}, [])
+    widths, dropped = latency_greedy(offered, costs, predict, base / 1.5)
+    assert predict(widths, dropped) <= base / 1.5 and dropped == []
     assert widths["cheap"] == 32 and widths["dear"] in offered["dear"] and widths["dear"] < 32
-    assert latency_greedy(offered, costs, predict, 0.0) == {"cheap": 8, "dear": 8}  # unreachable: as far as it goes
+    assert latency_greedy(offered, costs, predict, 0.0) == ({"cheap": 8, "dear": 8}, [])  # as far as it goes
+
+
+def test_latency_greedy_removes_a_block_where_it_saves_more_per_loss_than_narrowing():
+    offered = {"stream": [8, 16, 32], "inner": [8, 16, 32]}
+    costs = {g: removal_costs(torch.ones(32), 32) for g in offered}  # a channel loses 1, a step of 16 loses 16
+
+    def predict(widths, dropped):
+        block = 0.0 if "b" in dropped else 4.0 + 0.01 * widths["inner"]  # a block's time is mostly fixed
+        return 10.0 + 0.05 * widths["stream"] + block
+
+    base = predict({"stream": 32, "inner": 32}, [])
+    widths, dropped = latency_greedy(offered, costs, predict, base - 4.0, {"b": Block(5.0, ("inner",))})
+    assert dropped == ["b"] and widths == {"stream": 32, "inner": 32}  # 5 lost for 4.3 ms, not 16 for 0.16 ms
+    dear = latency_greedy(offered, costs, predict, base - 4.0, {"b": Block(1e6, ("inner",))})
+    assert dear == ({"stream": 8, "inner": 8}, ["b"])  # dearer than every step of width: taken last
 
 
 def test_study_screens_candidates_that_miss_the_speedup_and_reuses_the_machine_table(tmp_path, monkeypatch, capsys):

@@ -104,6 +104,10 @@ def render_markdown(card: dict[str, Any]) -> str:
     base = card.get("versus_base")
     if base:
         rows.append(("versus base", versus_base_line(base)))
+    dropped = (card.get("candidate") or {}).get("drop")
+    if dropped:
+        rows.append(("blocks removed", f"{len(dropped)}, each replaced by the identity: "
+                                       + ", ".join(f"`{name}`" for name in dropped)))
     if card.get("trial") is None:
         title, chosen = card["network"], "Not a trial of the run: a network cut from its base by other means."
         load = ("`model.onnx` needs nothing else; `model.pt` is the state_dict of a network built outside the run's "

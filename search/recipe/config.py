@@ -18,6 +18,7 @@ from search.errors import ConfigError, file_problem
 from search.recipe.sections import ConstraintsConfig, DataConfig, LatencyConfig, SearchConfig, Section, TrainConfig
 from search.recipe.yamlfile import read_yaml
 from spaces import SPACES, get_space
+from spaces.compress.config import GREEDY_POLICIES
 
 MAX_SEED = 2**32 - 1  # NumPy's and Optuna's samplers take seeds up to this
 
@@ -60,11 +61,12 @@ class StudyConfig(Section):
     @model_validator(mode="after")
     def _latency_greedy_needs_a_table(self) -> "StudyConfig":
         policy = self.space.get("policy") if isinstance(self.space, dict) else getattr(self.space, "policy", None)
-        if isinstance(policy, list) and "latency_greedy" in policy and self.latency.table is None:
+        greedy = [p for p in policy if p in GREEDY_POLICIES] if isinstance(policy, list) else []
+        if greedy and self.latency.table is None:
             raise ValueError(
-                "space.policy: latency_greedy removes the channels that save the most predicted latency, so it needs "
+                f"space.policy: {greedy[0]} removes the channels that save the most predicted latency, so it needs "
                 "a latency table to predict with: set latency.table (see `slimsearch lut build`), or leave "
-                "latency_greedy out"
+                f"{' and '.join(greedy)} out"
             )
         return self
 

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from spaces.compress.depth import drop_blocks, residual_blocks
 from spaces.compress.errors import CompressError
 from spaces.compress.importance import make_importance
 from spaces.compress.lowrank import FORMS, factorizable, factorize_layers, kxk_conv
@@ -122,6 +123,7 @@ def compress(
     exclude: Sequence[str] = (),
     policy: str = "group",
     form: str | Mapping[str, str] | None = None,
+    drop: Sequence[str] = (),
 ) -> nn.Module:
     """A physically smaller copy of `model` (left untouched).
 
@@ -139,6 +141,8 @@ def compress(
     from layer name to ratio; applied after pruning, only where it saves parameters. `form`: how a k×k
     conv is factorized, `spatial` (default) or `tucker2` — one for every k×k conv in `rank`, or a
     mapping from layer name to form (see `lowrank.py`).
+    `drop`: residual blocks (module paths, see `spaces.compress.depth.residual_blocks`) replaced by the identity,
+    after pruning and before factorizing.
     Raises CompressError naming the layer or group it cannot handle.
     """
     if policy not in POLICIES:
@@ -171,6 +175,13 @@ def compress(
         graph.apply(graph.plan(keep_map, scorer, round_to))
         net.zero_grad(set_to_none=True)
         _check_pruned(model, net, example_input, expected, keep_map, importance, calibration, round_to, exclude)
+    if drop:
+        removable = {b.name for b in residual_blocks(model, example_input)}
+        unknown = [name for name in drop if name not in removable]
+        if unknown:
+            raise CompressError(f"drop: {', '.join(map(repr, unknown))} is no removable residual block of the network "
+                                f"(those are {', '.join(sorted(removable)) or 'none'})")
+        drop_blocks(net, drop)
     if rank is not None:
         layers = factorizable_layers(net, example_input)
         ranks = {n: float(rank) for n in layers} if isinstance(rank, (int, float)) else dict(rank)

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from spaces.compress.models import stdlib_module
 
+GREEDY_POLICIES = ("latency_greedy", "greedy_local")  # policies the latency greedy makes (they need a table)
+LOCAL_MOVES = 6  # greedy_local: at most this many random moves away from the greedy policy
+LOCAL_SEEDS = 2**20  # greedy_local: the moves are drawn from one of this many seeds, kept in the candidate
+
 SPARSITY_KEYS = {"l1": "λ or a list of λ", "epochs": "at least 1", "lr": "peak learning rate"}
 
 
@@ -136,12 +140,13 @@ class CompressSpaceConfig(BaseModel):
 
     type: Literal["compress"] = "compress"
     base: BaseNetworkConfig
-    policy: list[Literal["group", "global", "latency_greedy"]] = Field(
+    policy: list[Literal["group", "global", "latency_greedy", "greedy_local"]] = Field(
         default_factory=lambda: ["group"], min_length=1,
         description="group: a keep ratio per group (as granularity says); global: one share of all channels, "
                     "cut at one threshold of importance across groups; latency_greedy: channels of least importance "
-                    "per millisecond saved removed until a predicted speed-up (needs a latency table); several are "
-                    "searched",
+                    "per millisecond saved removed until a predicted speed-up (needs a latency table); greedy_local: "
+                    "that greedy policy moved a few staircase steps or blocks at random, then walked back to its "
+                    "target by the greedy with the moved ones held (a search around the greedy); several are searched",
     )
     staircase: bool = Field(
         True, description="with a latency table: each group offers only the widths at the lower edge of a latency "
@@ -161,6 +166,12 @@ class CompressSpaceConfig(BaseModel):
     keep_step: float = Field(0.05, gt=0, le=1)
     keep: tuple[float, float] = Field((0.2, 1.0), description="[low, high] share of channels a group keeps")
     importance: list[Literal["l1", "bn_scale", "taylor"]] = Field(default_factory=lambda: ["l1"], min_length=1)
+    drop: tuple[float, float] | None = Field(
+        None, description="depth pruning: [low, high] share of each stage's removable residual blocks a policy drops "
+                          "(replaced by the identity, the least important first: the loss rise on a calibration batch "
+                          "when a block alone is removed); latency_greedy then steps through blocks as well as widths; "
+                          "null: depth is not searched",
+    )
     rank_step: float = Field(0.125, gt=0, le=1)
     rank: tuple[float, float] | None = Field(None, description="[low, high] rank ratios; 1 = not factorized")
     rank_forms: list[Literal["spatial", "tucker2"]] = Field(
@@ -191,6 +202,14 @@ class CompressSpaceConfig(BaseModel):
     def _anchor_speedups(cls, value: list[float]) -> list[float]:
         if any(not 1 < v <= 100 for v in value):
             raise ValueError(f"speed-ups over the base must be above 1 (and at most 100), got {value}")
+        return value
+
+    @field_validator("drop")
+    @classmethod
+    def _drop_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] <= value[1] <= 1:
+            raise ValueError("expected low, high with 0 <= low <= high <= 1, the share of each stage's removable "
+                             "blocks dropped, e.g. [0.0, 0.6]")
         return value
 
     @field_validator("keep", "rank")

@@ -1,5 +1,6 @@
-"""Latency-aware greedy pruning (in the manner of HALP): from the whole network, repeatedly step the group whose
-next narrower width loses the least importance per millisecond saved, until a latency target is met.
+"""Latency-aware greedy pruning (in the manner of HALP): from the whole network, repeatedly take the step — a group's
+next narrower width, or the removal of a residual block — that loses the least importance per millisecond saved,
+until a latency target is met.
 
 Widths step along each group's offered widths (the lower edges of its latency staircase), so a step never buys a
 width that runs no faster; the milliseconds come from a predictor (a latency table), the importance from the base's
@@ -10,11 +11,21 @@ residual stream is read and written by every block of its stage while a block's 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import copy
+import random
+from typing import Callable, Collection, Mapping, Sequence
 
 import torch
+import torch.nn as nn
 
-Predict = Callable[[Mapping[str, int]], float]
+from spaces.compress.compress import channel_graph
+from spaces.compress.depth import Block
+from spaces.compress.importance import make_importance
+from spaces.compress.prune import PrunableGroup
+from spaces.compress.units import LayerGeometry
+
+Predict = Callable[[Mapping[str, int], Sequence[str]], float]
+Policy = tuple[dict[str, int], list[str]]  # group → width, and the blocks dropped
 
 
 def removal_costs(scores: torch.Tensor, channels: int) -> list[float]:
@@ -26,30 +37,79 @@ def removal_costs(scores: torch.Tensor, channels: int) -> list[float]:
     return [0.0, *torch.cumsum(per_channel, 0).tolist()]
 
 
+def channel_costs(
+    base: nn.Module, example_input: torch.Tensor, exclude: Sequence[str], groups: Sequence[PrunableGroup],
+    layers: Sequence[LayerGeometry], importance: str, calibration: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, list[float]]:
+    """Group → `removal_costs` of its channels, times the layers its channels feed or leave. The scores are Taylor's
+    |w·∂L/∂w| on the `calibration` batch (a first-order loss change, comparable across groups), else `importance`
+    with each group's scores divided by their mean."""
+    net, graph = channel_graph(copy.deepcopy(base).eval(), example_input, exclude)
+    if calibration is not None:
+        scorer = make_importance("taylor", net, calibration)
+    else:
+        scorer = make_importance(importance, net, None, comparable=True)
+    scores = graph.unit_scores(scorer)
+    touched = {g.name: sum(g.name in (layer.in_group, layer.out_group) for layer in layers) for g in groups}
+    return {g.name: [touched[g.name] * c for c in removal_costs(scores[g.name], g.channels)] for g in groups}
+
+
 def latency_greedy(
     offered: Mapping[str, Sequence[int]], costs: Mapping[str, Sequence[float]], predict: Predict, target_ms: float,
-) -> dict[str, int]:
-    """Group → width: the greedy walk down the offered widths (ascending lists ending at the full width) until
-    `predict(widths) <= target_ms`, or no group can step further. `costs[group]` is `removal_costs` of its scores."""
-    widths = {g: int(ws[-1]) for g, ws in offered.items()}
-    current = predict(widths)
+    blocks: Mapping[str, Block] | None = None, start: Policy | None = None, fixed: Collection[str] = (),
+) -> Policy:
+    """Group → width, and the blocks dropped: the greedy walk until `predict(widths, dropped) <= target_ms`, or no
+    step is left. A step is one group's next narrower offered width (ascending lists ending at the full width;
+    `costs[group]` is `removal_costs` of its scores) or the removal of one of `blocks` (its loss, and the groups
+    inside it, which stop stepping once it goes), whichever loses the least importance per millisecond saved.
+    `start`: walk on from this policy instead of the whole network; `fixed`: groups and blocks never stepped."""
+    widths, dropped = ({g: int(ws[-1]) for g, ws in offered.items()}, []) if start is None else \
+        (dict(start[0]), list(start[1]))
+    blocks = blocks or {}
+    current = predict(widths, dropped)
+
+    def paid(group: str) -> float:
+        full = int(offered[group][-1])
+        return costs[group][full - widths[group]]
+
     while current > target_ms:
-        best: tuple[float, str, int, float] | None = None
+        frozen = {g for name in dropped for g in blocks[name].groups} | set(fixed)
+        steps: list[tuple[float, float, dict[str, int], list[str]]] = []
         for group, ws in offered.items():
             i = list(ws).index(widths[group])
-            if i == 0:
+            if i == 0 or group in frozen:
                 continue
-            narrower = int(ws[i - 1])
-            trial = {**widths, group: narrower}
-            after = predict(trial)
-            saved = current - after
+            trial = {**widths, group: int(ws[i - 1])}
             full = int(ws[-1])
-            lost = costs[group][full - narrower] - costs[group][full - widths[group]]
-            ratio = lost / saved if saved > 0 else float("inf")
-            if best is None or ratio < best[0] or (ratio == best[0] and saved > current - best[3]):
-                best = (ratio, group, narrower, after)
-        if best is None:
+            steps.append((costs[group][full - trial[group]] - paid(group), predict(trial, dropped), trial, dropped))
+        for name, block in blocks.items():
+            if name not in dropped and name not in fixed:
+                lost = max(0.0, block.loss - sum(paid(g) for g in block.groups if g in widths))
+                trial_dropped = [*dropped, name]
+                steps.append((lost, predict(widths, trial_dropped), widths, trial_dropped))
+        if not steps:
             break
-        _, group, narrower, current = best
-        widths[group] = narrower
-    return widths
+        _, current, widths, dropped = min(
+            steps, key=lambda s: (s[0] / (current - s[1]) if current > s[1] else float("inf"), s[1]))
+    return widths, dropped
+
+
+def mutate(
+    policy: Policy, offered: Mapping[str, Sequence[int]], blocks: Collection[str], moves: int, rng: random.Random,
+) -> tuple[Policy, set[str]]:
+    """`policy` moved `moves` times at random — a group one offered width up or down, or a block dropped or put
+    back (a move in four, where there are blocks) — and the groups and blocks it moved."""
+    widths, dropped = dict(policy[0]), list(policy[1])
+    moved: set[str] = set()
+    for _ in range(moves):
+        if blocks and rng.random() < 0.25:
+            name = rng.choice(sorted(blocks))
+            dropped = [b for b in dropped if b != name] if name in dropped else [*dropped, name]
+            moved.add(name)
+            continue
+        group = rng.choice(sorted(offered))
+        ws = list(offered[group])
+        i = ws.index(widths[group]) + rng.choice((-1, 1))
+        widths[group] = ws[min(max(i, 0), len(ws) - 1)]
+        moved.add(group)
+    return (widths, dropped), moved

@@ -28,6 +28,7 @@ from torch_pruning.pruner import function
 
 from spaces.compress.errors import CompressError
 from spaces.compress.graph import all_groups, build_graph, collect_group
+from spaces.compress.hooks import run_hooked
 from spaces.compress.importance import Scorer
 from spaces.compress.shuffle import shuffles_as_gather
 from spaces.layers import ChannelShuffle
@@ -115,14 +116,9 @@ def probe(model: nn.Module, example_input: torch.Tensor) -> Probe:
             stages[module] = "x".join(str(s) for s in output.shape[2:]) if output.dim() > 2 else "flat"
             produced.append((module, output))
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, ROOT_TYPES) or any(True for _ in m.parameters(recurse=False))]
-    try:
-        with torch.no_grad():
-            out = model.eval()(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    out = run_hooked(model.eval(), [m for m in model.modules()
+                                    if isinstance(m, ROOT_TYPES) or any(True for _ in m.parameters(recurse=False))],
+                     hook, example_input)
     outs = _tensors(out)
     return Probe(called, stages, {m for m, o in produced if any(o is t for t in outs)})
 

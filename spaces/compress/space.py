@@ -1,7 +1,7 @@
 """The `compress` space (AMC-style): per prunable group, how much to keep; per layer, which rank; which precision.
 
 A candidate is plain JSON — the pruning policy with its keep ratios (by group, or `{"*": share}` for one
-global threshold), rank ratios by layer and the factorization form of the k×k convs that are not spatial SVD,
+global threshold), the residual blocks it drops (where the recipe searches depth), rank ratios by layer and the factorization form of the k×k convs that are not spatial SVD,
 importance criterion, precision, and the base it applies to (model, checkpoint, SHA-256 of its weights) —
 and `build(candidate)` cuts the same network from the same base weights anywhere. A candidate without
 `policy` or `form` (made before they existed) builds as `group` with spatial SVD.
@@ -10,37 +10,32 @@ and `build(candidate)` cuts the same network from the same base weights anywhere
 from __future__ import annotations
 
 import bisect
-import copy
 import itertools
-import statistics
+import random
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from spaces.compress import units as geometry
 from spaces.compress.compress import (
-    channel_graph,
     check_exclusions,
     compress,
     factorizable_layers,
     global_keep_ratios,
     prunable_groups,
 )
-from spaces.compress.config import CompressSpaceConfig
+from spaces.compress.config import GREEDY_POLICIES, LOCAL_MOVES, LOCAL_SEEDS, CompressSpaceConfig
+from spaces.compress.depth import DepthPolicy
+from spaces.compress.describe import describe_policy, round_ratio
 from spaces.compress.errors import CompressError
-from spaces.compress.greedy import latency_greedy, removal_costs
-from spaces.compress.importance import make_importance
+from spaces.compress.greedy import Policy, channel_costs, latency_greedy, mutate
 from spaces.compress.lowrank import form_params, kxk_conv
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
 from spaces.compress.prune import kept_channels
 from spaces.contract import Candidate, Space, Unit, register_space
 from spaces.suggest import Suggest
-
-
-def _round(value: float) -> float:
-    return round(float(value), 6)
 
 
 @register_space("compress")
@@ -86,9 +81,12 @@ class CompressSpace(Space):
         self.groups = prunable_groups(self.base, self.example_input, config.exclude)
         self.layers = geometry.layer_geometry(self.base, self.example_input, config.exclude)
         self.rank_layers = self._rank_layers() if config.rank else {}
+        self.depth = DepthPolicy(self.base, self.example_input, config.drop, config.granularity, calibration,
+                                 config.exclude) if config.drop else None
         self.offered: dict[str, list[int]] | None = None
         self._predict_units: Callable[[list[Unit]], float] | None = None
         self._costs: dict[str, list[float]] | None = None
+        self._greedy: dict[float, Policy] = {}
 
     def _sparse_bases(
         self, given: dict[float, tuple[nn.Module, str | Path]]
@@ -147,7 +145,7 @@ class CompressSpace(Space):
                 out[name] = stage
         return out
 
-    def _keys(self, units: dict[str, str]) -> dict[str, str]:
+    def sample_keys(self, units: dict[str, str]) -> dict[str, str]:
         """Unit (group or layer) → the key its ratio is sampled under, per the recipe's granularity."""
         g = self.config.granularity
         return {u: (u if g == "group" else f"stage.{s}" if g == "stage" else "all") for u, s in units.items()}
@@ -172,11 +170,16 @@ class CompressSpace(Space):
     def units(self, candidate: Candidate) -> list[Unit]:
         """One unit per conv / linear layer at the widths the candidate prunes it to (see `spaces.compress.units`);
         a factorized layer is a `factorized` unit no latency table holds, so its network is not predicted."""
-        out = geometry.policy_units(self.layers, self._widths(candidate))
+        out = geometry.policy_units(self._layers(candidate.get("drop") or ()), self._widths(candidate))
         for layer in sorted(candidate.get("rank") or {}):
             out.append({"block": "factorized", "in_channels": 0, "out_channels": 0, "stride": 1, "resolution": 0,
                         "out_resolution": 0, "options": {"layer": layer}})
         return out
+
+    def _layers(self, dropped: Sequence[str]) -> list[geometry.LayerGeometry]:
+        """The base's layers left once the `dropped` blocks are removed."""
+        gone = self.depth.layers(dropped) if self.depth and dropped else set()
+        return [layer for layer in self.layers if layer.name not in gone]
 
     def all_units(self) -> Iterator[Unit]:
         """Every unit a pruning policy of the recipe can produce (factorized layers are not tabled)."""
@@ -187,7 +190,7 @@ class CompressSpace(Space):
         cfg = self.config
         return {"space": "compress", "base": dict(self.base_spec), "importance": cfg.importance[0],
                 "round_to": cfg.round_to, "policy": "group", "keep": {g.name: 1.0 for g in self.groups}, "rank": {},
-                "form": {}, "precision": cfg.precision[0]}
+                "form": {}, "precision": cfg.precision[0], **({"drop": []} if self.depth else {})}
 
     def use_staircase(self, offered: dict[str, list[int]], predict_units: Callable[[list[Unit]], float]) -> None:
         """Sample from a latency staircase: each group keeps one of `offered[group]` widths (ascending, the lower
@@ -199,47 +202,50 @@ class CompressSpace(Space):
         self.offered = {g: sorted(ws) for g, ws in offered.items()} if self.config.staircase else self.width_choices()
         self._predict_units = predict_units
 
-    def predicted_latency(self, widths: dict[str, int]) -> float:
-        """The latency predicted for the base pruned to `widths` (needs `use_staircase`)."""
+    def predicted_latency(self, widths: Mapping[str, int], dropped: Sequence[str] = ()) -> float:
+        """The latency predicted for the base pruned to `widths`, less the `dropped` blocks (needs `use_staircase`)."""
         if self._predict_units is None:
             raise CompressError("no latency predictor: the space was given no latency table")
-        return self._predict_units(geometry.policy_units(self.layers, widths))
+        return self._predict_units(geometry.policy_units(self._layers(dropped), widths))
 
     def predicted_base_latency(self) -> float:
         """The unpruned base's latency predicted by the same table: what every predicted speed-up divides."""
         return self.predicted_latency({g.name: g.channels for g in self.groups})
 
-    def greedy_widths(self, speedup: float) -> dict[str, int]:
-        """The latency_greedy policy at a predicted `speedup` over the base (see `spaces.compress.greedy`): channel
-        importance is Taylor's |w·∂L/∂w| on the calibration batch (a first-order loss change, comparable across
-        groups), else the recipe's first criterion with each group's scores divided by their mean."""
+    def greedy_policy(self, speedup: float, local: tuple[int, int] | None = None) -> Policy:
+        """The latency_greedy policy at a predicted `speedup` over the base (see `spaces.compress.greedy`): group →
+        width, and the blocks dropped where the recipe searches depth. Channel importance is Taylor's |w·∂L/∂w| on
+        the calibration batch (a first-order loss change, comparable across groups), else the recipe's first
+        criterion with each group's scores divided by their mean; a block's is the loss its removal adds.
+        `local` (moves, seed): the greedy_local policy — that greedy policy moved `moves` times at random (seeded),
+        then walked on by the greedy, the moved groups and blocks held, until it is back at the target."""
         if self.offered is None:
             raise CompressError(
                 "policy latency_greedy needs a latency table to predict with: set latency.table (a file from "
                 "`slimsearch lut build`, or auto)"
             )
         if self._costs is None:
-            net, graph = channel_graph(copy.deepcopy(self.base).eval(), self.example_input, self.config.exclude)
-            if self.calibration is not None:  # first-order loss change: comparable across groups as it is
-                scorer = make_importance("taylor", net, self.calibration)
-            else:
-                scorer = make_importance(self.config.importance[0], net, None, comparable=True)
-            scores = graph.unit_scores(scorer)
-            touched = {g.name: sum(g.name in (layer.in_group, layer.out_group) for layer in self.layers)
-                       for g in self.groups}
-            self._costs = {g.name: [touched[g.name] * c for c in removal_costs(scores[g.name], g.channels)]
-                           for g in self.groups}
+            self._costs = channel_costs(self.base, self.example_input, self.config.exclude, self.groups, self.layers,
+                                        self.config.importance[0], self.calibration)
         full = {g: ws[-1] for g, ws in self.offered.items()}
-        return latency_greedy(self.offered, self._costs, self.predicted_latency, self.predicted_latency(full) / speedup)
+        target_ms = self.predicted_latency(full) / speedup
+        blocks = self.depth.greedy_blocks(self.groups) if self.depth else None
+        policy = self._greedy.get(speedup) or latency_greedy(self.offered, self._costs, self.predicted_latency,
+                                                             target_ms, blocks)
+        self._greedy[speedup] = policy
+        if local is not None:
+            moved, held = mutate(policy, self.offered, list(blocks or ()), local[0], random.Random(local[1]))
+            policy = latency_greedy(self.offered, self._costs, self.predicted_latency, target_ms, blocks, moved, held)
+        return policy[0], self.depth.in_order(policy[1]) if self.depth else []
 
-    def _snap(self, group: str, width: int) -> int:
+    def snap(self, group: str, width: int) -> int:
         """The narrowest offered width of `group` at least `width` wide (as fast as `width`, with more channels)."""
         ws = self.offered[group]
         return ws[min(bisect.bisect_left(ws, width), len(ws) - 1)]
 
     def _keep_of(self, widths: dict[str, int]) -> dict[str, float]:
         by_name = {g.name: g for g in self.groups}
-        return {g: _round(w / by_name[g].channels) for g, w in widths.items()}
+        return {g: round_ratio(w / by_name[g].channels) for g, w in widths.items()}
 
     def _sample_keep(self, suggest: Suggest) -> dict[str, float]:
         """Per-group keep ratios: drawn per key of the recipe's granularity; on a staircase, group granularity draws
@@ -247,13 +253,13 @@ class CompressSpace(Space):
         cfg = self.config
         if self.offered is not None and cfg.granularity == "group":
             return self._keep_of({g: ws[suggest.int(f"edge.{g}", 0, len(ws) - 1)] for g, ws in self.offered.items()})
-        keys = self._keys({g.name: g.stage for g in self.groups})
-        drawn = {k: _round(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step)) for k in dict.fromkeys(keys.values())}
+        keys = self.sample_keys({g.name: g.stage for g in self.groups})
+        drawn = {k: round_ratio(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step)) for k in dict.fromkeys(keys.values())}
         keep = {group: drawn[key] for group, key in keys.items()}
         if self.offered is None:
             return keep
         widths = geometry.group_widths(self.groups, keep, cfg.round_to)
-        return self._keep_of({g: self._snap(g, w) for g, w in widths.items()})
+        return self._keep_of({g: self.snap(g, w) for g, w in widths.items()})
 
     def sample(self, suggest: Suggest) -> Candidate:
         """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`;
@@ -266,20 +272,28 @@ class CompressSpace(Space):
             spec = self.sparse[suggest.categorical("base.l1", lambdas) if len(lambdas) > 1 else lambdas[0]][1]
         importance = suggest.categorical("importance", cfg.importance) if len(cfg.importance) > 1 else cfg.importance[0]
         policy = suggest.categorical("policy", cfg.policy) if len(cfg.policy) > 1 else cfg.policy[0]
-        target: dict[str, float] = {}
+        target: dict[str, Any] = {}
         if policy == "global":
-            keep = {"*": _round(suggest.float("keep.global", *cfg.keep, step=cfg.keep_step))}
-        elif policy == "latency_greedy":
+            keep = {"*": round_ratio(suggest.float("keep.global", *cfg.keep, step=cfg.keep_step))}
+        elif policy in GREEDY_POLICIES:
             target = {"speedup": round(suggest.float("greedy.speedup", *cfg.greedy_speedup), 3)}
-            keep = self._keep_of(self.greedy_widths(target["speedup"]))
+            if policy == "greedy_local":
+                target["local"] = {"moves": suggest.int("local.moves", 1, LOCAL_MOVES),
+                                   "seed": suggest.int("local.seed", 0, LOCAL_SEEDS - 1)}
+            local = (target["local"]["moves"], target["local"]["seed"]) if "local" in target else None
+            widths, dropped = self.greedy_policy(target["speedup"], local)
+            keep = self._keep_of(widths)
+            target.update({"drop": dropped} if self.depth else {})
         else:
             keep = self._sample_keep(suggest)
+        if self.depth and policy not in GREEDY_POLICIES:
+            target["drop"] = self.depth.sample(suggest)
         rank: dict[str, float] = {}
         form: dict[str, str] = {}
         if cfg.rank is not None and self.rank_layers:
-            rkeys = self._keys(self.rank_layers)
+            rkeys = self.sample_keys(self.rank_layers)
             rdrawn = {
-                k: _round(suggest.float(f"rank.{k}", *cfg.rank, step=cfg.rank_step))
+                k: round_ratio(suggest.float(f"rank.{k}", *cfg.rank, step=cfg.rank_step))
                 for k in dict.fromkeys(rkeys.values())
             }
             rank = {layer: rdrawn[key] for layer, key in rkeys.items() if rdrawn[key] < 1}
@@ -311,14 +325,14 @@ class CompressSpace(Space):
         low, high = cfg.keep
         steps = round((high - low) / cfg.keep_step)
         ratios = sorted(
-            {_round(low + cfg.keep_step * round(steps * (i + 1) / (levels + 1))) for i in range(levels)}, reverse=True
+            {round_ratio(low + cfg.keep_step * round(steps * (i + 1) / (levels + 1))) for i in range(levels)}, reverse=True
         )
         uniform = "group" in cfg.policy
-        keep_keys = dict.fromkeys(self._keys({g.name: g.stage for g in self.groups}).values()) if uniform else {}
+        keep_keys = dict.fromkeys(self.sample_keys({g.name: g.stage for g in self.groups}).values()) if uniform else {}
         edges = uniform and self.offered is not None and cfg.granularity == "group"
-        rank_keys = dict.fromkeys(self._keys(self.rank_layers).values()) if cfg.rank is not None else {}
+        rank_keys = dict.fromkeys(self.sample_keys(self.rank_layers).values()) if cfg.rank is not None else {}
         form_keys = dict.fromkeys(
-            key for layer, key in self._keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
+            key for layer, key in self.sample_keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
         ) if cfg.rank is not None and cfg.rank[1] < 1 and len(cfg.rank_forms) > 1 else {}
         bases: list[dict[str, Any]] = [{"base.l1": l1} for l1 in self.sparse] if len(self.sparse) > 1 else [{}]
         anchors = []
@@ -326,12 +340,13 @@ class CompressSpace(Space):
             params: dict[str, Any] = {**base}
             if edges:
                 widths = geometry.group_widths(self.groups, {g.name: ratio for g in self.groups}, cfg.round_to)
-                params.update({f"edge.{g}": self.offered[g].index(self._snap(g, w)) for g, w in widths.items()})
+                params.update({f"edge.{g}": self.offered[g].index(self.snap(g, w)) for g, w in widths.items()})
             else:
                 params.update({f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio})
             if len(cfg.policy) > 1:
                 params["policy"] = "group"
-            params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
+            params.update(self.depth.anchor_params() if self.depth else {})
+            params.update({f"rank.{k}": round_ratio(cfg.rank[1]) for k in rank_keys})
             params.update({f"form.{k}": cfg.rank_forms[0] for k in form_keys})
             if len(cfg.importance) > 1:
                 params["importance"] = cfg.importance[0]
@@ -345,39 +360,22 @@ class CompressSpace(Space):
                 params.update({k: v for k, v in (("policy", "latency_greedy"), ("precision", precision))
                                if len(getattr(cfg, k)) > 1})
                 params.update({"importance": cfg.importance[0]} if len(cfg.importance) > 1 else {})
-                params.update({f"rank.{k}": _round(cfg.rank[1]) for k in rank_keys})
+                params.update({f"rank.{k}": round_ratio(cfg.rank[1]) for k in rank_keys})
                 params.update({f"form.{k}": cfg.rank_forms[0] for k in form_keys})
                 anchors.append(params)
         return anchors
 
     @staticmethod
     def describe(candidate: Candidate) -> str:
-        """One line per candidate, e.g. `l1 keep 0.62 [0.25–1.00] | rank 0.50 ×3 | int8`,
-        `bn_scale global keep 0.60 | rank 0.50 ×3 tucker2 ×2 | fp32`; a candidate cut from a sparsity-trained base
-        starts with its λ, `base λ=0.001 | bn_scale global keep 0.40 | fp32`."""
-        keep = list(candidate["keep"].values()) or [1.0]
-        l1 = candidate.get("base", {}).get("l1")
-        parts = [] if l1 is None else [f"base λ={l1:g}"]
-        if candidate.get("policy", "group") == "global":
-            parts.append(f"{candidate['importance']} global keep {keep[0]:.2f}")
-        elif candidate.get("policy") == "latency_greedy":
-            parts.append(f"{candidate['importance']} greedy {candidate['speedup']:.2f}× keep {statistics.fmean(keep):.2f} "
-                         f"[{min(keep):.2f}–{max(keep):.2f}]")
-        else:
-            parts.append(f"{candidate['importance']} keep {statistics.fmean(keep):.2f} [{min(keep):.2f}–{max(keep):.2f}]")
-        if candidate.get("rank"):
-            ranks = list(candidate["rank"].values())
-            tucker = sum(f == "tucker2" for f in (candidate.get("form") or {}).values())
-            parts.append(f"rank {statistics.fmean(ranks):.2f} ×{len(ranks)}{f' tucker2 ×{tucker}' if tucker else ''}")
-        parts.append(candidate.get("precision", "fp32"))
-        return " | ".join(parts)
+        """One line per candidate (see `spaces.compress.describe`)."""
+        return describe_policy(candidate)
 
     def build(self, candidate: Candidate) -> nn.Module:
         """The base pruned and factorized as `candidate` says; equal candidates give equal networks."""
         if candidate.get("space") != "compress":
             raise CompressError(f"not a compress candidate (space {candidate.get('space')!r})")
         source = self._source(candidate)
-        policy = "group" if candidate.get("policy") == "latency_greedy" else candidate.get("policy", "group")
+        policy = "group" if candidate.get("policy") in GREEDY_POLICIES else candidate.get("policy", "group")
         keep = candidate["keep"]
         if policy == "global":
             if set(keep) != {"*"}:
@@ -387,5 +385,5 @@ class CompressSpace(Space):
             source, self.example_input, keep=keep, rank=candidate.get("rank") or None,
             round_to=int(candidate.get("round_to", self.config.round_to)), importance=candidate["importance"],
             calibration=self.calibration, exclude=self.config.exclude, policy=policy,
-            form=candidate.get("form") or None,
+            form=candidate.get("form") or None, drop=candidate.get("drop") or (),
         )

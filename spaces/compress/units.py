@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from spaces.compress.compress import channel_graph
+from spaces.compress.hooks import run_hooked
 from spaces.compress.prune import ROOT_TYPES, PrunableGroup, kept_channels
 from spaces.contract import Unit
 
@@ -68,13 +69,7 @@ def layer_geometry(model: nn.Module, example_input: torch.Tensor, exclude: Seque
                                   int(p) if isinstance(p, int) else 0, module.groups, int(res_in), int(res_out),
                                   side.get("in"), side.get("out")))
 
-    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, ROOT_TYPES)]
-    try:
-        with torch.no_grad():
-            net(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(net, [m for m in net.modules() if isinstance(m, ROOT_TYPES)], hook, example_input)
     return seen
 
 
