@@ -78,6 +78,19 @@ def network(ctx: StudyContext, method: str, setting: dict[str, float]) -> nn.Mod
     return tp_global_l1(ctx.space.base, ctx.data, setting["pruning_ratio"], None)
 
 
+def long_run_parser(doc: str, recipe: Path, epochs: float, quick: str) -> argparse.ArgumentParser:
+    """The options every long fine-tune benchmark takes: the recipe, the epochs, a smoke mode, where its work is
+    kept, recipe overrides and the tag that names its files."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=recipe)
+    parser.add_argument("--epochs", type=float, default=epochs, help="every network's fine-tune")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}, its own section")
+    parser.add_argument("--work", type=Path, help="where the run and the fine-tunes are kept (default: runs/TAG)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tag", help="names the work folder, the figures and the RESULTS section")
+    return parser
+
+
 def greedy_trial(config: StudyConfig, ctx: StudyContext, speedup: float) -> int:
     """The number of the run's trial of the greedy candidate at `speedup`, queued and run once."""
     candidate = greedy_candidate(ctx, speedup)
@@ -111,14 +124,8 @@ def test_curve(out: Path) -> tuple[list[float], list[float]]:
 
 def main() -> None:
     """Choose the three networks (or read them back), fine-tune each, draw the curves and write the section."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", type=Path, default=ROOT / "studies/cifar10_resnet56_cpu.yaml")
+    parser = long_run_parser(__doc__, ROOT / "studies/cifar10_resnet56_cpu.yaml", 10.0, "0.02 epoch")
     parser.add_argument("--target", type=float, default=2.0, help="measured speed-up over the base")
-    parser.add_argument("--epochs", type=float, default=10.0, help="every network's fine-tune")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 0.02 epoch, its own section")
-    parser.add_argument("--work", type=Path, help="where the run and the fine-tunes are kept (default: runs/TAG)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--tag", help="names the work folder, the PNG and the RESULTS section")
     args = parser.parse_args()
     epochs = 0.02 if args.quick else args.epochs
     tag = args.tag or re.sub(r"[^A-Za-z0-9_.]+", "-", f"{args.recipe.stem}-{args.target:g}x-{epochs:g}ep"

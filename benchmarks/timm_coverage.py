@@ -29,6 +29,7 @@ import torch.nn as nn  # noqa: E402
 from benchmarks.results import markdown_table, write_section  # noqa: E402
 from evaluators.to_onnx import ExportError, export_onnx  # noqa: E402
 from spaces.compress import CompressError, build_model, compress  # noqa: E402
+from spaces.compress.depth import residual_blocks  # noqa: E402
 
 # (family, model, image size): a small member of each timm family of CNNs, and attention models to refuse.
 MODELS = [
@@ -91,6 +92,14 @@ def ours(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return compress(model, x, keep=0.5)
 
 
+def depth_and_width(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """keep=0.5 in every group and every second removable residual block dropped (replaced by the identity)."""
+    blocks = residual_blocks(model, x[:1])
+    if not blocks:
+        raise CompressError("no removable residual block found (none adds its input to a branch of the same shape)")
+    return compress(model, x[:1], keep=0.5, drop=[b.name for b in blocks[1::2]])
+
+
 def torch_pruning(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Torch-Pruning's MetaPruner as its README shows it: L1 group importance, half of every group's channels."""
     import torch_pruning as tp
@@ -140,13 +149,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=120, help="seconds per model and pruner")
     parser.add_argument("--no-torch-pruning", action="store_true", help="skip running Torch-Pruning directly")
     parser.add_argument("--models", nargs="*", help="only these timm model names")
+    parser.add_argument("--depth", action="store_true", help="compress with depth too: keep=0.5 and every second "
+                                                             "removable block dropped (a section of its own)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     models = [m for m in MODELS if not args.models or m[1] in args.models]
     rows, ok, tp_ok = [], 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         for family, name, size in models:
-            mine = attempt(ours, name, size, args.limit, Path(tmp))
+            mine = attempt(depth_and_width if args.depth else ours, name, size, args.limit, Path(tmp))
             row = {"family": family, "model": f"`{name}`", "input": f"{size}×{size}", "slimsearch compress": cell(mine)}
             ok += mine.status == "ok"
             if not args.no_torch_pruning:
@@ -155,14 +166,18 @@ def main() -> None:
                 tp_ok += theirs.status == "ok"
             print(row, flush=True)
             rows.append(row)
-    summary = f"**{ok} of {len(models)}** models compress, export and match in ONNX Runtime with `compress`"
+    how = "`compress(keep=0.5, drop=every second removable block)`" if args.depth else "`compress`"
+    summary = f"**{ok} of {len(models)}** models compress, export and match in ONNX Runtime with {how}"
     if not args.no_torch_pruning:
         summary += f"; Torch-Pruning's MetaPruner run directly: **{tp_ok} of {len(models)}**"
-    body = (f"timm {__import__('timm').__version__}, random weights, 10 classes, keep=0.5 in every group, "
+    dropped = ", every second removable residual block dropped" if args.depth else ""
+    body = (f"timm {__import__('timm').__version__}, random weights, 10 classes, keep=0.5 in every group{dropped}, "
             f"{args.limit} s per model and pruner. {summary}.\n\n{markdown_table(rows)}")
     print(summary)
     if not args.models:
-        write_section("timm-coverage", "timm models: compress → ONNX → ONNX Runtime", body)
+        key, title = ("timm-coverage-depth", "timm models: depth + width → ONNX → ONNX Runtime") if args.depth else \
+            ("timm-coverage", "timm models: compress → ONNX → ONNX Runtime")
+        write_section(key, title, body)
 
 
 if __name__ == "__main__":
