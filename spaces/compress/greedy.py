@@ -95,10 +95,11 @@ def latency_greedy(
 
 
 def mutate(
-    policy: Policy, offered: Mapping[str, Sequence[int]], blocks: Collection[str], moves: int, rng: random.Random,
+    policy: Policy, offered: Mapping[str, Sequence[int]], blocks: Mapping[str, Block], moves: int,
+    rng: random.Random,
 ) -> tuple[Policy, set[str]]:
-    """`policy` moved `moves` times at random — a group one offered width up or down, or a block dropped or put
-    back (a move in four, where there are blocks) — and the groups and blocks it moved."""
+    """`policy` moved `moves` times at random — a group one offered width up or down (none inside a dropped block),
+    or a block dropped or put back (a move in four, where there are blocks) — and the groups and blocks it moved."""
     widths, dropped = dict(policy[0]), list(policy[1])
     moved: set[str] = set()
     for _ in range(moves):
@@ -107,7 +108,8 @@ def mutate(
             dropped = [b for b in dropped if b != name] if name in dropped else [*dropped, name]
             moved.add(name)
             continue
-        group = rng.choice(sorted(offered))
+        gone = {g for name in dropped for g in blocks[name].groups}
+        group = rng.choice(sorted(set(offered) - gone))
         ws = list(offered[group])
         i = ws.index(widths[group]) + rng.choice((-1, 1))
         widths[group] = ws[min(max(i, 0), len(ws) - 1)]

@@ -234,7 +234,7 @@ class CompressSpace(Space):
                                                              target_ms, blocks)
         self._greedy[speedup] = policy
         if local is not None:
-            moved, held = mutate(policy, self.offered, list(blocks or ()), local[0], random.Random(local[1]))
+            moved, held = mutate(policy, self.offered, blocks or {}, local[0], random.Random(local[1]))
             policy = latency_greedy(self.offered, self._costs, self.predicted_latency, target_ms, blocks, moved, held)
         return policy[0], self.depth.in_order(policy[1]) if self.depth else []
 
