@@ -192,10 +192,12 @@ class DepthPolicy:
         """The fewest blocks dropped per key: uniform anchors stay as deep as the recipe allows."""
         return {f"drop.{key}": low for key, (low, _) in self.counts().items()}
 
-    def greedy_blocks(self, groups: Sequence[PrunableGroup]) -> dict[str, Block]:
-        """Block → what the latency greedy weighs its removal by: its loss and the groups living inside it."""
+    def greedy_blocks(self, groups: Sequence[PrunableGroup], loss_per_cost: float) -> dict[str, Block]:
+        """Block → what the latency greedy weighs its removal by: its loss in units of channel cost (divided by
+        `loss_per_cost`, see `spaces.compress.greedy.loss_per_cost`) and the groups living inside it."""
         losses = self.losses()
-        return {b.name: Block(losses[b.name], tuple(g.name for g in groups if set(g.layers) <= set(b.layers)))
+        return {b.name: Block(losses[b.name] / loss_per_cost,
+                              tuple(g.name for g in groups if set(g.layers) <= set(b.layers)))
                 for b in self.blocks}
 
     def in_order(self, names: Sequence[str]) -> list[str]:

@@ -15,10 +15,12 @@ import copy
 import random
 from typing import Callable, Collection, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from spaces.compress.compress import channel_graph
+from spaces.compress.compress import channel_graph, compress
 from spaces.compress.depth import Block
 from spaces.compress.importance import make_importance
 from spaces.compress.prune import PrunableGroup
@@ -52,6 +54,33 @@ def channel_costs(
     scores = graph.unit_scores(scorer)
     touched = {g.name: sum(g.name in (layer.in_group, layer.out_group) for layer in layers) for g in groups}
     return {g.name: [touched[g.name] * c for c in removal_costs(scores[g.name], g.channels)] for g in groups}
+
+
+def loss_per_cost(
+    base: nn.Module, example_input: torch.Tensor, groups: Sequence[PrunableGroup], offered: Mapping[str, Sequence[int]],
+    costs: Mapping[str, Sequence[float]], calibration: tuple[torch.Tensor, torch.Tensor], round_to: int,
+    importance: str,
+) -> float:
+    """How much cross-entropy one unit of channel cost is worth: over the groups, the median of the loss rise measured
+    on the `calibration` batch when the group alone is cut to its middle offered width, divided by the cost the
+    greedy charges for that cut. A block's removal loss divided by it weighs on the channel costs' scale."""
+    inputs, labels = calibration
+
+    def loss(net: nn.Module) -> float:
+        with torch.no_grad():
+            return F.cross_entropy(net.eval()(inputs), labels).item()
+
+    before = loss(base)
+    ratios = []
+    for g in groups:
+        ws = list(offered[g.name])
+        width = ws[(len(ws) - 1) // 2]
+        cost = costs[g.name][g.channels - width]
+        if width >= g.channels or cost <= 0:
+            continue
+        cut = compress(base, example_input, keep={g.name: width / g.channels}, round_to=round_to, importance=importance)
+        ratios.append(max(loss(cut) - before, 0.0) / cost)
+    return float(np.median(ratios)) if ratios and np.median(ratios) > 0 else 1.0
 
 
 def latency_greedy(

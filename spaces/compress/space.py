@@ -30,7 +30,7 @@ from spaces.compress.config import GREEDY_POLICIES, LOCAL_MOVES, LOCAL_SEEDS, Co
 from spaces.compress.depth import DepthPolicy
 from spaces.compress.describe import describe_policy, round_ratio
 from spaces.compress.errors import CompressError
-from spaces.compress.greedy import Policy, channel_costs, latency_greedy, mutate
+from spaces.compress.greedy import Policy, channel_costs, latency_greedy, loss_per_cost, mutate
 from spaces.compress.lowrank import form_params, kxk_conv
 from spaces.compress.models import build_model, fingerprint, load_checkpoint
 from spaces.compress.prune import kept_channels
@@ -87,6 +87,7 @@ class CompressSpace(Space):
         self._predict_units: Callable[[list[Unit]], float] | None = None
         self._costs: dict[str, list[float]] | None = None
         self._greedy: dict[float, Policy] = {}
+        self._scale: float | None = None
 
     def _sparse_bases(
         self, given: dict[float, tuple[nn.Module, str | Path]]
@@ -229,7 +230,7 @@ class CompressSpace(Space):
                                         self.config.importance[0], self.calibration)
         full = {g: ws[-1] for g, ws in self.offered.items()}
         target_ms = self.predicted_latency(full) / speedup
-        blocks = self.depth.greedy_blocks(self.groups) if self.depth else None
+        blocks = self.depth.greedy_blocks(self.groups, self._loss_per_cost()) if self.depth else None
         policy = self._greedy.get(speedup) or latency_greedy(self.offered, self._costs, self.predicted_latency,
                                                              target_ms, blocks)
         self._greedy[speedup] = policy
@@ -237,6 +238,16 @@ class CompressSpace(Space):
             moved, held = mutate(policy, self.offered, blocks or {}, local[0], random.Random(local[1]))
             policy = latency_greedy(self.offered, self._costs, self.predicted_latency, target_ms, blocks, moved, held)
         return policy[0], self.depth.in_order(policy[1]) if self.depth else []
+
+    def _loss_per_cost(self) -> float:
+        """The channel costs' scale in loss (measured once; see `spaces.compress.greedy.loss_per_cost`)."""
+        if self._scale is None:
+            if self.calibration is None:
+                raise CompressError("space.drop: the latency greedy weighs blocks against channels on a calibration "
+                                    "batch of training images; the space was given none")
+            self._scale = loss_per_cost(self.base, self.example_input, self.groups, self.offered, self._costs,
+                                        self.calibration, self.config.round_to, self.config.importance[0])
+        return self._scale
 
     def snap(self, group: str, width: int) -> int:
         """The narrowest offered width of `group` at least `width` wide (as fast as `width`, with more channels)."""
