@@ -16,6 +16,7 @@ from evaluators.splits import Split
 from evaluators.train import FineTune, evaluate, placed
 from search.export.finetune.plan import epoch_marks
 from search.export.finetune.store import CHECKPOINT, Saved, save
+from search.study.interrupt import raise_if_interrupted
 from search.trial.locks import MachineLock
 from search.trial.steps import StepProgress
 
@@ -73,6 +74,7 @@ def train_epochs(
                 reached = done + (mark - done) * k / parts
                 with lock.training():
                     tune.run_to(reached)
+                raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt a garbage-collection callback swallowed
                 if step is not None:
                     step(round(reached, 3), epochs)
             v, t = scores(tune.model, device, val, test)
