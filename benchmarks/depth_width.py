@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn as nn  # noqa: E402
 from optuna.trial import FixedTrial, TrialState  # noqa: E402
 
-from benchmarks.finetune_curves import long_run_parser, test_curve  # noqa: E402
+from benchmarks.finetune_curves import long_run_parser, queued_trial, test_curve  # noqa: E402
 from benchmarks.hardware_aware import Timer, smallest_meeting, tp_meeting, uniform_l1, uniform_meeting  # noqa: E402
 from benchmarks.realscale.baselines import tp_global_l1  # noqa: E402
 from benchmarks.results import markdown_table, shown, write_section  # noqa: E402
@@ -66,29 +66,13 @@ def greedy_candidate(ctx: StudyContext, speedup: float) -> dict[str, Any]:
     return ctx.space.sample(OptunaSuggest(FixedTrial({"policy": "latency_greedy", "greedy.speedup": speedup})))
 
 
-def trial_of(config: StudyConfig, candidate: dict[str, Any], params: dict[str, Any] | None) -> int:
-    """The number of the run's completed trial of `candidate`, queued with `params` and run once where missing."""
-    def found() -> int | None:
-        study = create_or_load_study(config)
-        hits = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if TrialRecord.of(t).candidate == candidate]
-        return hits[0] if hits else None
-
-    if found() is None and params is not None:
-        create_or_load_study(config).enqueue_trial(params)
-        run_study(config, trials=1, show_progress=False)
-    number = found()
-    if number is None:
-        raise SystemExit(f"the run in {config.run_dir} has no completed trial of {candidate}; see `slimsearch status`")
-    return number
-
-
 def searched(config: StudyConfig, ctx: StudyContext, target: float, timer: Timer) -> dict[str, Any] | None:
-    """The most accurate completed trial of the study that is no anchor and whose speed-up, measured interleaved
-    with the base, reaches `target` (candidates tried from the most accurate down, predicted speed-up first)."""
+    """The most accurate completed trial of the study that is neither an anchor nor the greedy policy itself and whose
+    speed-up, measured interleaved with the base, reaches `target` (tried from the most accurate down)."""
     study = create_or_load_study(config)
     records = [(t.number, TrialRecord.of(t)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     ranked = sorted(((n, r) for n, r in records if not r.anchor and not r.screened and r.at_top and r.is_feasible
+                     and r.candidate.get("policy") != "latency_greedy"  # the greedy itself is no search result
                      and (r.predicted_speedup or 0) >= target * 0.97), key=lambda nr: -nr[1].accuracy)
     for number, record in ranked[:8]:
         speedup = timer.speedup(ctx.space.build(record.candidate))
@@ -129,7 +113,7 @@ def fine_tuned(config: StudyConfig, ctx: StudyContext, width: StudyContext, key:
     """The card of `pick`'s network after the fine-tune (through the run's trial where it is one)."""
     method = pick["method"]
     if method == DEPTH:
-        trial = trial_of(config, greedy_candidate(ctx, pick["predicted_speedup"]),
+        trial = queued_trial(config, greedy_candidate(ctx, pick["predicted_speedup"]),
                          {"policy": "latency_greedy", "greedy.speedup": pick["predicted_speedup"]})
         return finetune(config.run_dir, trial, epochs, out=out, start="built", progress=False)
     if method == SEARCHED:

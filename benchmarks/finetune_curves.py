@@ -91,23 +91,31 @@ def long_run_parser(doc: str, recipe: Path, epochs: float, quick: str) -> argpar
     return parser
 
 
-def greedy_trial(config: StudyConfig, ctx: StudyContext, speedup: float) -> int:
-    """The number of the run's trial of the greedy candidate at `speedup`, queued and run once."""
-    candidate = greedy_candidate(ctx, speedup)
-
+def queued_trial(config: StudyConfig, candidate: dict[str, Any], params: dict[str, Any] | None) -> int:
+    """The number of the run's completed trial of `candidate`, queued with `params` and run once where missing."""
     def found() -> int | None:
         study = create_or_load_study(config)
         hits = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if TrialRecord.of(t).candidate == candidate]
         return hits[0] if hits else None
 
-    if found() is None:
-        create_or_load_study(config).enqueue_trial({"policy": "latency_greedy", "greedy.speedup": speedup})
-        run_study(config, trials=1, show_progress=False)
+    if found() is None and params is not None:
+        create_or_load_study(config).enqueue_trial(params)
+        while found() is None:  # queued trials run oldest first: an earlier sitting's may go before this one
+            study = create_or_load_study(config)
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                break
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            run_study(config, trials=done + 1, show_progress=False)  # `trials` counts every completed one
     number = found()
     if number is None:
-        raise SystemExit(f"the run in {config.run_dir} did not complete the greedy trial; see `slimsearch status`")
+        raise SystemExit(f"the run in {config.run_dir} has no completed trial of {candidate}; see `slimsearch status`")
     return number
+
+
+def greedy_trial(config: StudyConfig, ctx: StudyContext, speedup: float) -> int:
+    """The number of the run's trial of the greedy candidate at `speedup`, queued and run once."""
+    return queued_trial(config, greedy_candidate(ctx, speedup), {"policy": "latency_greedy", "greedy.speedup": speedup})
 
 
 def setting_text(setting: dict[str, float]) -> str:
