@@ -104,8 +104,7 @@ def write(args: argparse.Namespace, name: str, table: LatencyTable, path: Path, 
         commands = sorted({r["command"] for r in mine})
         shown_rows = [{k: v for k, v in r.items() if k not in ("table_created", "table", "machine", "command")}
                       for r in mine]
-        machine_name = mine[-1].get("machine", "a machine not recorded").split(", avx")[0]
-        parts.append(f"### {machine_name}, table of {created[:16]}\n\n{mine[-1].get('table', '')}"
+        parts.append(f"### {mine[-1]['machine'].split(', avx')[0]}, table of {created[:16]}\n\n{mine[-1]['table']}"
                      "\n\n" + markdown_table(shown_rows) + "\n\nCommands: " + ", ".join(f"`{c}`" for c in commands))
     body = (f"Each check predicts and measures {args.samples} of the recipe's own candidates (drawn as its study draws "
             "them), every one timed interleaved with the base; `spread` is the median range of the per-round "

@@ -1,10 +1,11 @@
 """The `compress` space (AMC-style): per prunable group, how much to keep; per layer, which rank; which precision.
 
 A candidate is plain JSON — the pruning policy with its keep ratios (by group, or `{"*": share}` for one
-global threshold), the residual blocks it drops (where the recipe searches depth), rank ratios by layer and the factorization form of the k×k convs that are not spatial SVD,
-importance criterion, precision, and the base it applies to (model, checkpoint, SHA-256 of its weights) —
-and `build(candidate)` cuts the same network from the same base weights anywhere. A candidate without
-`policy` or `form` (made before they existed) builds as `group` with spatial SVD.
+global threshold), the residual blocks it drops (where the recipe searches depth), rank ratios by layer and the
+factorization form of the k×k convs that are not spatial SVD, importance criterion, precision, and the base it
+applies to (model, checkpoint, SHA-256 of its weights) — and `build(candidate)` cuts the same network from the same
+base weights anywhere. A candidate without `policy` or `form` (made before they existed) builds as `group` with
+spatial SVD.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class CompressSpace(Space):
                 out[name] = stage
         return out
 
-    def sample_keys(self, units: dict[str, str]) -> dict[str, str]:
+    def _keys(self, units: dict[str, str]) -> dict[str, str]:
         """Unit (group or layer) → the key its ratio is sampled under, per the recipe's granularity."""
         g = self.config.granularity
         return {u: (u if g == "group" else f"stage.{s}" if g == "stage" else "all") for u, s in units.items()}
@@ -249,7 +250,7 @@ class CompressSpace(Space):
                                         self.calibration, self.config.round_to, self.config.importance[0])
         return self._scale
 
-    def snap(self, group: str, width: int) -> int:
+    def _snap(self, group: str, width: int) -> int:
         """The narrowest offered width of `group` at least `width` wide (as fast as `width`, with more channels)."""
         ws = self.offered[group]
         return ws[min(bisect.bisect_left(ws, width), len(ws) - 1)]
@@ -264,13 +265,13 @@ class CompressSpace(Space):
         cfg = self.config
         if self.offered is not None and cfg.granularity == "group":
             return self._keep_of({g: ws[suggest.int(f"edge.{g}", 0, len(ws) - 1)] for g, ws in self.offered.items()})
-        keys = self.sample_keys({g.name: g.stage for g in self.groups})
+        keys = self._keys({g.name: g.stage for g in self.groups})
         drawn = {k: round_ratio(suggest.float(f"keep.{k}", *cfg.keep, step=cfg.keep_step)) for k in dict.fromkeys(keys.values())}
         keep = {group: drawn[key] for group, key in keys.items()}
         if self.offered is None:
             return keep
         widths = geometry.group_widths(self.groups, keep, cfg.round_to)
-        return self._keep_of({g: self.snap(g, w) for g, w in widths.items()})
+        return self._keep_of({g: self._snap(g, w) for g, w in widths.items()})
 
     def sample(self, suggest: Suggest) -> Candidate:
         """Draw one policy; parameter names are stable (`keep.<group>`, `rank.<layer>`, `keep.stage.<res>`;
@@ -302,7 +303,7 @@ class CompressSpace(Space):
         rank: dict[str, float] = {}
         form: dict[str, str] = {}
         if cfg.rank is not None and self.rank_layers:
-            rkeys = self.sample_keys(self.rank_layers)
+            rkeys = self._keys(self.rank_layers)
             rdrawn = {
                 k: round_ratio(suggest.float(f"rank.{k}", *cfg.rank, step=cfg.rank_step))
                 for k in dict.fromkeys(rkeys.values())
@@ -339,11 +340,11 @@ class CompressSpace(Space):
             {round_ratio(low + cfg.keep_step * round(steps * (i + 1) / (levels + 1))) for i in range(levels)}, reverse=True
         )
         uniform = "group" in cfg.policy
-        keep_keys = dict.fromkeys(self.sample_keys({g.name: g.stage for g in self.groups}).values()) if uniform else {}
+        keep_keys = dict.fromkeys(self._keys({g.name: g.stage for g in self.groups}).values()) if uniform else {}
         edges = uniform and self.offered is not None and cfg.granularity == "group"
-        rank_keys = dict.fromkeys(self.sample_keys(self.rank_layers).values()) if cfg.rank is not None else {}
+        rank_keys = dict.fromkeys(self._keys(self.rank_layers).values()) if cfg.rank is not None else {}
         form_keys = dict.fromkeys(
-            key for layer, key in self.sample_keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
+            key for layer, key in self._keys(self.rank_layers).items() if kxk_conv(self.base.get_submodule(layer))
         ) if cfg.rank is not None and cfg.rank[1] < 1 and len(cfg.rank_forms) > 1 else {}
         bases: list[dict[str, Any]] = [{"base.l1": l1} for l1 in self.sparse] if len(self.sparse) > 1 else [{}]
         anchors = []
@@ -351,7 +352,7 @@ class CompressSpace(Space):
             params: dict[str, Any] = {**base}
             if edges:
                 widths = geometry.group_widths(self.groups, {g.name: ratio for g in self.groups}, cfg.round_to)
-                params.update({f"edge.{g}": self.offered[g].index(self.snap(g, w)) for g, w in widths.items()})
+                params.update({f"edge.{g}": self.offered[g].index(self._snap(g, w)) for g, w in widths.items()})
             else:
                 params.update({f"keep.{k}": ratio for k in keep_keys} if uniform else {"keep.global": ratio})
             if len(cfg.policy) > 1:
